@@ -1,0 +1,16 @@
+"""adderjax: AdderNets in JAX and Flax.
+
+The adder op (`adder_conv`, `adder_dense`) with the AdderNet gradients, its plain reference
+(`adderjax.reference`), Flax layers (`adderjax.nn` for linen, `adderjax.nnx` for NNX) and the
+adaptive-learning-rate optimizer (`adderjax.optim`).
+"""
+
+from adderjax import reference
+from adderjax.ops import (
+    adder_conv as adder_conv,
+    adder_dense as adder_dense,
+    available_implementations as available_implementations,
+    default_implementation as default_implementation,
+)
+
+__version__ = "0.1.0"

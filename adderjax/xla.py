@@ -1,0 +1,212 @@
+"""The fast XLA formulation of the adder op, its filter gradient and its input gradient.
+
+The naive ``-sum |patches[..., None] - w|`` materialises a (N*Ho*Wo, K, Cout) tensor and
+runs 15-60x slower than a convolution. Here no patch tensor exists at all:
+
+* forward: a `lax.scan` over chunks of input channels; each step unrolls its
+  ``kh * kw * cb`` taps, each tap a strided slice of the padded input (one value per output
+  pixel) broadcast against the filter row ``w[i, j, c, :]``. XLA fuses a whole step into one
+  elementwise loop over the (N, Ho, Wo, Cout) accumulator, vectorised along Cout.
+* input gradient: the same idea transposed, a scan over chunks of output channels whose
+  accumulator is the input itself. For each tap the input pixel is fixed and the cotangent
+  is a shifted slice, so ``dx[n, a, b, :] += g[n, a - i, b - j, o] * f(w[i, j, :, o] - x[n, a, b, :])``
+  is again one fused elementwise loop, vectorised along Cin. Strides > 1 are split into
+  ``sh * sw`` phases (input rows ``a = s * a' + r``), each a stride-1 problem over the taps
+  ``i = r (mod s)``, so no work is spent on zeros; only rows and columns of the unpadded input
+  are computed.
+* filter gradient: ``sum g * (x_patch - w) = corr(x, g) - w * sum(g)``, where the first term
+  is exactly a convolution's filter gradient, which XLA computes with its conv kernels.
+
+All of it accumulates in float32 (or float64) whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from adderjax import geometry
+
+__all__ = ["filter_grad", "forward", "input_grad"]
+
+# Taps unrolled per scan step. Measured on a 2-core x86 CPU (benchmarks/ops.py): fewer taps
+# re-read the accumulator too often, many more only lengthen compile time.
+FORWARD_TAPS_PER_STEP = 72
+INPUT_GRAD_TAPS_PER_STEP = 72
+
+
+def _abs_pow(d, p, p_static):
+    if p_static == 1.0:
+        return jnp.abs(d)
+    if p_static == 2.0:
+        return d * d
+    return jnp.abs(d) ** (p if p_static is None else p_static)
+
+
+def _lp_grad(d, p, p_static):
+    """sign(d) * |d| ** (p - 1), the l_p input gradient of arXiv:2105.14202 eq. 27."""
+    if p_static == 1.0:
+        return jnp.sign(d)
+    if p_static == 2.0:
+        return d
+    q = (p if p_static is None else p_static) - 1
+    return jnp.sign(d) * jnp.abs(d) ** q
+
+
+def _with_p(fn, p, p_static):
+    """Calls fn(p_static); for a traced p, switches to a branch specialised for p = 1 and 2.
+
+    The l_p schedule moves p every epoch inside one compiled step, and ``|d| ** p`` costs an
+    exp and a log per term, so p = 1 (most of training) and p = 2 get their cheap forms.
+    """
+    if p_static is not None:
+        return fn(p_static)
+    index = jnp.where(p == 1, 0, jnp.where(p == 2, 1, 2))
+    return lax.switch(index, [lambda: fn(1.0), lambda: fn(2.0), lambda: fn(None)])
+
+
+def _chunks(total: int, target: int) -> tuple[int, int]:
+    """(number of chunks, chunk size) covering `total` with the least padding."""
+    n = math.ceil(total / max(1, target))
+    return n, math.ceil(total / n)
+
+
+def _pad_last(a, size: int):
+    extra = size - a.shape[-1]
+    if extra == 0:
+        return a
+    return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)])
+
+
+def forward(x, w, p, geom: geometry.ConvGeometry, p_static):
+    """y = -sum |x_patch - w| ** p, (N, Ho, Wo, Cout) in the compute dtype."""
+    cd = geometry.compute_dtype(x.dtype, w.dtype)
+    (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
+    n, cin, cout = geom.batch, geom.in_channels, geom.out_channels
+    nc, cb = _chunks(cin, FORWARD_TAPS_PER_STEP // (kh * kw))
+    # Zero-padded channels add |0 - 0| ** p = 0.
+    xpad = _pad_last(geometry.pad_input(x.astype(cd), geom), nc * cb)
+    hp, wp = xpad.shape[1:3]
+    xs = xpad.reshape(n, hp, wp, nc, cb).transpose(3, 0, 1, 2, 4)
+    ws = _pad_last(w.astype(cd).transpose(0, 1, 3, 2), nc * cb).transpose(0, 1, 3, 2)
+    ws = ws.reshape(kh, kw, nc, cb, cout).transpose(2, 0, 1, 3, 4)
+
+    def run(p_static):
+        def step(acc, chunk):
+            xc, wc = chunk
+            for i in range(kh):
+                for j in range(kw):
+                    xt = xc[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+                    for c in range(cb):
+                        d = xt[..., c : c + 1] - wc[i, j, c][None, None, None, :]
+                        acc = acc - _abs_pow(d, p, p_static)
+            return acc, None
+
+        y, _ = lax.scan(step, jnp.zeros((n, ho, wo, cout), cd), (xs, ws))
+        return y
+
+    return _with_p(run, p, p_static)
+
+
+def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
+    """dx = sum_o g * f(w - x_patch) scattered onto x, f = hardtanh or the l_p rule."""
+    cd = geometry.compute_dtype(x.dtype, w.dtype, g.dtype)
+    (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
+    n, cin, cout = geom.batch, geom.in_channels, geom.out_channels
+    xpad = geometry.pad_input(x.astype(cd), geom)
+    hp, wp = xpad.shape[1:3]
+    (pt, _), (pl, _) = geom.pads
+    # Rows/columns of xpad that belong to x (padding may be negative, i.e. a crop).
+    valid = ((max(pt, 0), min(pt + geom.in_hw[0], hp)), (max(pl, 0), min(pl + geom.in_hw[1], wp)))
+
+    def phase_range(r, s, taps, out, lo_hi):
+        # Phase rows a = s * a' + r, for a' in [a0, a1), that some tap reads and that lie in x.
+        lo, hi = lo_hi
+        a0 = max(0, -((r - lo) // s))
+        a1 = min(out + taps - 1, -((r - hi) // s))
+        return a0, a1
+
+    def f(d, p_static):
+        if mode == "hardtanh":
+            return jnp.clip(d, -1.0, 1.0)
+        return _lp_grad(d, p, p_static)
+
+    def run(p_static):
+        dxpad = jnp.zeros((n, hp, wp, cin), cd)
+        for rh in range(sh):
+            for rw in range(sw):
+                taps_h, taps_w = len(range(rh, kh, sh)), len(range(rw, kw, sw))
+                if taps_h == 0 or taps_w == 0:
+                    continue
+                a0, a1 = phase_range(rh, sh, taps_h, ho, valid[0])
+                b0, b1 = phase_range(rw, sw, taps_w, wo, valid[1])
+                if a1 <= a0 or b1 <= b0:
+                    continue
+                dph = _input_grad_phase(
+                    xpad[:, rh + sh * a0 : rh + sh * (a1 - 1) + 1 : sh,
+                         rw + sw * b0 : rw + sw * (b1 - 1) + 1 : sw, :],
+                    w.astype(cd)[rh::sh, rw::sw],
+                    g.astype(cd),
+                    (a0, b0),
+                    lambda d: f(d, p_static),
+                )
+                # Interleave the phase back at rows rh + sh * a' of the padded input.
+                lo_h, lo_w = rh + sh * a0, rw + sw * b0
+                hi_h = hp - (lo_h + sh * (a1 - a0 - 1) + 1)
+                hi_w = wp - (lo_w + sw * (b1 - b0 - 1) + 1)
+                dxpad = dxpad + lax.pad(
+                    dph,
+                    jnp.zeros((), cd),
+                    ((0, 0, 0), (lo_h, hi_h, sh - 1), (lo_w, hi_w, sw - 1), (0, 0, 0)),
+                )
+        return geometry.unpad_input(dxpad, geom)
+
+    if mode == "hardtanh":
+        return run(1.0)  # the hardtanh rule does not depend on p
+    return _with_p(run, p, p_static)
+
+
+def _input_grad_phase(xph, wsub, g, offset, f):
+    """Stride-1 transposed adder: dx[a', b'] = sum_{k, l, o} g[a' - k, b' - l, o] * f(w - x)."""
+    n, hq, wq, cin = xph.shape
+    kh, kw, _, cout = wsub.shape
+    no, ob = _chunks(cout, INPUT_GRAD_TAPS_PER_STEP // (kh * kw))
+    # Zero cotangent rows around g make every tap a plain slice; padded channels have g = 0.
+    gp = jnp.pad(_pad_last(g, no * ob), ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
+    hg, wg = gp.shape[1:3]
+    gs = gp.reshape(n, hg, wg, no, ob).transpose(3, 0, 1, 2, 4)
+    ws = _pad_last(wsub, no * ob).reshape(kh, kw, cin, no, ob).transpose(3, 0, 1, 2, 4)
+    a0, b0 = offset
+
+    def step(acc, chunk):
+        gc, wc = chunk
+        for k in range(kh):
+            for l in range(kw):
+                gt = gc[:, a0 + kh - 1 - k : a0 + kh - 1 - k + hq,
+                        b0 + kw - 1 - l : b0 + kw - 1 - l + wq, :]
+                for o in range(ob):
+                    acc = acc + gt[..., o : o + 1] * f(wc[k, l, :, o][None, None, None, :] - xph)
+        return acc, None
+
+    dx, _ = lax.scan(step, jnp.zeros_like(xph), (gs, ws))
+    return dx
+
+
+def filter_grad(x, w, g, geom: geometry.ConvGeometry):
+    """dw = sum g * (x_patch - w) = corr(x, g) - w * sum_{n,h,w} g: the full-precision gradient."""
+    cd = geometry.compute_dtype(x.dtype, w.dtype, g.dtype)
+    xc, wc, gc = x.astype(cd), w.astype(cd), g.astype(cd)
+
+    def conv(w_):
+        return lax.conv_general_dilated(
+            xc, w_, geom.strides, geom.pads,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            precision=lax.Precision.HIGHEST,
+        )
+
+    _, vjp = jax.vjp(conv, wc)
+    (corr,) = vjp(gc)
+    return corr - wc * jnp.sum(gc, axis=(0, 1, 2))[None, None, None, :]
