@@ -5,11 +5,17 @@ The adder op (`adder_conv`, `adder_dense`) with the AdderNet gradients, its plai
 adaptive-learning-rate optimizer (`adderjax.optim`).
 """
 
-from adderjax import reference
+from adderjax import reference as reference
 from adderjax.ops import (
     adder_conv as adder_conv,
+)
+from adderjax.ops import (
     adder_dense as adder_dense,
+)
+from adderjax.ops import (
     available_implementations as available_implementations,
+)
+from adderjax.ops import (
     default_implementation as default_implementation,
 )
 

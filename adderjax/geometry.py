@@ -58,7 +58,9 @@ def check_padding(padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
     """Returns "SAME", "VALID" or explicit ((lo, hi), (lo, hi)) as `lax.conv_general_dilated`."""
     if isinstance(padding, str):
         if padding.upper() not in ("SAME", "VALID"):
-            raise ValueError(f"padding must be 'SAME', 'VALID' or [(lo, hi), (lo, hi)], got {padding!r}")
+            raise ValueError(
+                f"padding must be 'SAME', 'VALID' or [(lo, hi), (lo, hi)], got {padding!r}"
+            )
         return padding.upper()
     try:
         pairs = tuple(tuple(p) for p in padding)
@@ -67,10 +69,13 @@ def check_padding(padding) -> str | tuple[tuple[int, int], tuple[int, int]]:
             f"padding must be 'SAME', 'VALID' or [(lo, hi), (lo, hi)], got {padding!r}"
         ) from None
     ok = len(pairs) == 2 and all(
-        len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p) for p in pairs
+        len(p) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in p)
+        for p in pairs
     )
     if not ok:
-        raise ValueError(f"padding must be 'SAME', 'VALID' or [(lo, hi), (lo, hi)], got {padding!r}")
+        raise ValueError(
+            f"padding must be 'SAME', 'VALID' or [(lo, hi), (lo, hi)], got {padding!r}"
+        )
     return pairs
 
 
@@ -146,15 +151,19 @@ def conv_geometry(x_shape, w_shape, strides, padding) -> ConvGeometry:
 
 def pad_input(x, geom: ConvGeometry):
     """Zero-pads (or crops, for negative padding) the spatial dims, exactly as lax does."""
-    (t, b), (l, r) = geom.pads
-    return lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (t, b, 0), (l, r, 0), (0, 0, 0)))
+    (top, bottom), (left, right) = geom.pads
+    return lax.pad(
+        x, jnp.zeros((), x.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+    )
 
 
 def unpad_input(dxpad, geom: ConvGeometry):
     """The transpose of `pad_input`: crops the padding (and re-zero-pads a negative one)."""
-    (t, b), (l, r) = geom.pads
+    (top, bottom), (left, right) = geom.pads
     return lax.pad(
-        dxpad, jnp.zeros((), dxpad.dtype), ((0, 0, 0), (-t, -b, 0), (-l, -r, 0), (0, 0, 0))
+        dxpad,
+        jnp.zeros((), dxpad.dtype),
+        ((0, 0, 0), (-top, -bottom, 0), (-left, -right, 0), (0, 0, 0)),
     )
 
 

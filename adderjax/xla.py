@@ -3,13 +3,13 @@
 The naive ``-sum |patches[..., None] - w|`` materialises a (N*Ho*Wo, K, Cout) tensor and
 runs 15-60x slower than a convolution. Here no patch tensor exists at all:
 
-* forward: a `lax.scan` over chunks of input channels; each step unrolls its
-  ``kh * kw * cb`` taps, each tap a strided slice of the padded input (one value per output
+* forward (but for p = 2, which expands into a convolution): a `lax.scan` over chunks of
+  input channels; each step unrolls its ``kh * kw * cb`` taps, each tap a strided slice of the padded input (one value per output
   pixel) broadcast against the filter row ``w[i, j, c, :]``. XLA fuses a whole step into one
   elementwise loop over the (N, Ho, Wo, Cout) accumulator, vectorised along Cout.
 * input gradient: the same idea transposed, a scan over chunks of output channels whose
   accumulator is the input itself. For each tap the input pixel is fixed and the cotangent
-  is a shifted slice, so ``dx[n, a, b, :] += g[n, a - i, b - j, o] * f(w[i, j, :, o] - x[n, a, b, :])``
+  is a shifted slice: ``dx[n, a, b, :] += g[n, a - i, b - j, o] * f(w[i, j, :, o] - x[n, a, b, :])``
   is again one fused elementwise loop, vectorised along Cin. Strides > 1 are split into
   ``sh * sw`` phases (input rows ``a = s * a' + r``), each a stride-1 problem over the taps
   ``i = r (mod s)``, so no work is spent on zeros; only rows and columns of the unpadded input
@@ -32,10 +32,11 @@ from adderjax import geometry
 
 __all__ = ["filter_grad", "forward", "input_grad"]
 
-# Taps unrolled per scan step. Measured on a 2-core x86 CPU (benchmarks/ops.py): fewer taps
-# re-read the accumulator too often, many more only lengthen compile time.
-FORWARD_TAPS_PER_STEP = 72
-INPUT_GRAD_TAPS_PER_STEP = 72
+# Taps unrolled per scan step, tuned on a 2-core x86 CPU over the ResNet-20/50 shapes of
+# benchmarks/ops.py: fewer re-read the accumulator too often; past ~54 (forward) or ~36
+# (input gradient) the fused loop body falls off a cliff (2-3x slower), and compile time grows.
+FORWARD_TAPS_PER_STEP = 36
+INPUT_GRAD_TAPS_PER_STEP = 18
 
 
 def _abs_pow(d, p, p_static):
@@ -81,32 +82,65 @@ def _pad_last(a, size: int):
     return jnp.pad(a, [(0, 0)] * (a.ndim - 1) + [(0, extra)])
 
 
-def forward(x, w, p, geom: geometry.ConvGeometry, p_static):
-    """y = -sum |x_patch - w| ** p, (N, Ho, Wo, Cout) in the compute dtype."""
-    cd = geometry.compute_dtype(x.dtype, w.dtype)
-    (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
+def _patch_taps(xpad, geom: geometry.ConvGeometry, i: int, j: int):
+    """The input value under tap (i, j) for every output pixel: (N, Ho, Wo, C)."""
+    (sh, sw), (ho, wo) = geom.strides, geom.out_hw
+    return xpad[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
+
+
+def _sum_taps(x, w, geom: geometry.ConvGeometry, term, cd):
+    """sum_{i, j, c} term(xpad[n, h*s + i, w*s + j, c], w[i, j, c, o]): (N, Ho, Wo, Cout)."""
+    (kh, kw), (ho, wo) = geom.kernel_hw, geom.out_hw
     n, cin, cout = geom.batch, geom.in_channels, geom.out_channels
     nc, cb = _chunks(cin, FORWARD_TAPS_PER_STEP // (kh * kw))
-    # Zero-padded channels add |0 - 0| ** p = 0.
+    # Padded channels (x = w = 0) add term(0, 0), which is 0 for every term used here.
     xpad = _pad_last(geometry.pad_input(x.astype(cd), geom), nc * cb)
     hp, wp = xpad.shape[1:3]
     xs = xpad.reshape(n, hp, wp, nc, cb).transpose(3, 0, 1, 2, 4)
     ws = _pad_last(w.astype(cd).transpose(0, 1, 3, 2), nc * cb).transpose(0, 1, 3, 2)
     ws = ws.reshape(kh, kw, nc, cb, cout).transpose(2, 0, 1, 3, 4)
 
-    def run(p_static):
-        def step(acc, chunk):
-            xc, wc = chunk
-            for i in range(kh):
-                for j in range(kw):
-                    xt = xc[:, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw, :]
-                    for c in range(cb):
-                        d = xt[..., c : c + 1] - wc[i, j, c][None, None, None, :]
-                        acc = acc - _abs_pow(d, p, p_static)
-            return acc, None
+    def step(acc, chunk):
+        xc, wc = chunk
+        for i in range(kh):
+            for j in range(kw):
+                xt = _patch_taps(xc, geom, i, j)
+                for c in range(cb):
+                    acc = acc + term(xt[..., c : c + 1], wc[i, j, c][None, None, None, :])
+        return acc, None
 
-        y, _ = lax.scan(step, jnp.zeros((n, ho, wo, cout), cd), (xs, ws))
-        return y
+    acc, _ = lax.scan(step, jnp.zeros((n, ho, wo, cout), cd), (xs, ws))
+    return acc
+
+
+def _patch_sums(a, geom: geometry.ConvGeometry):
+    """sum over each padded input patch of `a` (N, H, W, C), additions only: (N, Ho, Wo)."""
+    apad = geometry.pad_input(a, geom).sum(axis=-1)
+    return lax.reduce_window(
+        apad, jnp.zeros((), a.dtype), lax.add, (1, *geom.kernel_hw), (1, *geom.strides), "VALID"
+    )
+
+
+def forward(x, w, p, geom: geometry.ConvGeometry, p_static):
+    """y = -sum |x_patch - w| ** p, (N, Ho, Wo, Cout) in the compute dtype."""
+    cd = geometry.compute_dtype(x.dtype, w.dtype)
+    xc, wc = x.astype(cd), w.astype(cd)
+
+    def run(p_static):
+        if p_static == 2.0:
+            # |x - w|^2 = x^2 - 2 x w + w^2, so the l2 phase of the l_p schedule is a conv.
+            xw = lax.conv_general_dilated(
+                xc,
+                wc,
+                geom.strides,
+                geom.pads,
+                dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                precision=lax.Precision.HIGHEST,
+            )
+            sx2 = _patch_sums(xc * xc, geom)[..., None]
+            sw2 = jnp.sum(wc * wc, axis=(0, 1, 2))[None, None, None, :]
+            return 2 * xw - sx2 - sw2
+        return _sum_taps(xc, wc, geom, lambda a, b: -_abs_pow(a - b, p, p_static), cd)
 
     return _with_p(run, p, p_static)
 
@@ -115,8 +149,9 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
     """dx = sum_o g * f(w - x_patch) scattered onto x, f = hardtanh or the l_p rule."""
     cd = geometry.compute_dtype(x.dtype, w.dtype, g.dtype)
     (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
-    n, cin, cout = geom.batch, geom.in_channels, geom.out_channels
+    n, cin = geom.batch, geom.in_channels
     xpad = geometry.pad_input(x.astype(cd), geom)
+    wc, gc = w.astype(cd), g.astype(cd)
     hp, wp = xpad.shape[1:3]
     (pt, _), (pl, _) = geom.pads
     # Rows/columns of xpad that belong to x (padding may be negative, i.e. a crop).
@@ -129,11 +164,6 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
         a1 = min(out + taps - 1, -((r - hi) // s))
         return a0, a1
 
-    def f(d, p_static):
-        if mode == "hardtanh":
-            return jnp.clip(d, -1.0, 1.0)
-        return _lp_grad(d, p, p_static)
-
     def run(p_static):
         dxpad = jnp.zeros((n, hp, wp, cin), cd)
         for rh in range(sh):
@@ -145,22 +175,21 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
                 b0, b1 = phase_range(rw, sw, taps_w, wo, valid[1])
                 if a1 <= a0 or b1 <= b0:
                     continue
+                lo_h, lo_w = rh + sh * a0, rw + sw * b0
+                hi_h, hi_w = rh + sh * (a1 - 1) + 1, rw + sw * (b1 - 1) + 1
                 dph = _input_grad_phase(
-                    xpad[:, rh + sh * a0 : rh + sh * (a1 - 1) + 1 : sh,
-                         rw + sw * b0 : rw + sw * (b1 - 1) + 1 : sw, :],
-                    w.astype(cd)[rh::sh, rw::sw],
-                    g.astype(cd),
+                    xpad[:, lo_h:hi_h:sh, lo_w:hi_w:sw, :],
+                    wc[rh::sh, rw::sw],
+                    gc,
                     (a0, b0),
-                    lambda d: f(d, p_static),
+                    mode,
+                    lambda d, p_static=p_static: _lp_grad(d, p, p_static),
                 )
                 # Interleave the phase back at rows rh + sh * a' of the padded input.
-                lo_h, lo_w = rh + sh * a0, rw + sw * b0
-                hi_h = hp - (lo_h + sh * (a1 - a0 - 1) + 1)
-                hi_w = wp - (lo_w + sw * (b1 - b0 - 1) + 1)
                 dxpad = dxpad + lax.pad(
                     dph,
                     jnp.zeros((), cd),
-                    ((0, 0, 0), (lo_h, hi_h, sh - 1), (lo_w, hi_w, sw - 1), (0, 0, 0)),
+                    ((0, 0, 0), (lo_h, hp - hi_h, sh - 1), (lo_w, wp - hi_w, sw - 1), (0, 0, 0)),
                 )
         return geometry.unpad_input(dxpad, geom)
 
@@ -169,7 +198,7 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
     return _with_p(run, p, p_static)
 
 
-def _input_grad_phase(xph, wsub, g, offset, f):
+def _input_grad_phase(xph, wsub, g, offset, mode, lp_grad):
     """Stride-1 transposed adder: dx[a', b'] = sum_{k, l, o} g[a' - k, b' - l, o] * f(w - x)."""
     n, hq, wq, cin = xph.shape
     kh, kw, _, cout = wsub.shape
@@ -181,14 +210,26 @@ def _input_grad_phase(xph, wsub, g, offset, f):
     ws = _pad_last(wsub, no * ob).reshape(kh, kw, cin, no, ob).transpose(3, 0, 1, 2, 4)
     a0, b0 = offset
 
+    def tap(a, k, ll):
+        """The cotangent-side operand of tap (k, ll) for every phase pixel."""
+        return a[
+            :, a0 + kh - 1 - k : a0 + kh - 1 - k + hq, b0 + kw - 1 - ll : b0 + kw - 1 - ll + wq
+        ]
+
+    # Measured on XLA:CPU: the plain clip beats rewriting it without min/max, e.g. as
+    # (|w + 1 - x| - |w - 1 - x|) / 2 (1.3x slower), because the extra abs term costs more.
+    if mode == "hardtanh":
+        term = lambda wr: jnp.clip(wr - xph, -1.0, 1.0)
+    else:
+        term = lambda wr: lp_grad(wr - xph)
+
     def step(acc, chunk):
         gc, wc = chunk
         for k in range(kh):
-            for l in range(kw):
-                gt = gc[:, a0 + kh - 1 - k : a0 + kh - 1 - k + hq,
-                        b0 + kw - 1 - l : b0 + kw - 1 - l + wq, :]
+            for ll in range(kw):
+                gt = tap(gc, k, ll)
                 for o in range(ob):
-                    acc = acc + gt[..., o : o + 1] * f(wc[k, l, :, o][None, None, None, :] - xph)
+                    acc = acc + gt[..., o : o + 1] * term(wc[k, ll, :, o][None, None, None, :])
         return acc, None
 
     dx, _ = lax.scan(step, jnp.zeros_like(xph), (gs, ws))
@@ -202,7 +243,10 @@ def filter_grad(x, w, g, geom: geometry.ConvGeometry):
 
     def conv(w_):
         return lax.conv_general_dilated(
-            xc, w_, geom.strides, geom.pads,
+            xc,
+            w_,
+            geom.strides,
+            geom.pads,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
             precision=lax.Precision.HIGHEST,
         )

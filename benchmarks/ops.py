@@ -143,8 +143,10 @@ def main():
             )
     gmean = lambda v: float(np.exp(np.mean(np.log(v))))
     print()
-    print(f"geometric mean ratio: forward {gmean(fwd_ratios):.2f}x, "
-          f"forward+backward {gmean(fb_ratios):.2f}x")
+    print(
+        f"geometric mean ratio: forward {gmean(fwd_ratios):.2f}x, "
+        f"forward+backward {gmean(fb_ratios):.2f}x"
+    )
 
 
 if __name__ == "__main__":
