@@ -4,9 +4,10 @@ The naive ``-sum |patches[..., None] - w|`` materialises a (N*Ho*Wo, K, Cout) te
 runs 15-60x slower than a convolution. Here no patch tensor exists at all:
 
 * forward (but for p = 2, which expands into a convolution): a `lax.scan` over chunks of
-  input channels; each step unrolls its ``kh * kw * cb`` taps, each tap a strided slice of the padded input (one value per output
-  pixel) broadcast against the filter row ``w[i, j, c, :]``. XLA fuses a whole step into one
-  elementwise loop over the (N, Ho, Wo, Cout) accumulator, vectorised along Cout.
+  input channels; each step unrolls its ``kh * kw * cb`` taps, each tap a strided slice of
+  the padded input (one value per output pixel) broadcast against the filter row
+  ``w[i, j, c, :]``. XLA fuses a whole step into one elementwise loop over the
+  (N, Ho, Wo, Cout) accumulator, vectorised along Cout.
 * input gradient: the same idea transposed, a scan over chunks of output channels whose
   accumulator is the input itself. For each tap the input pixel is fixed and the cotangent
   is a shifted slice: ``dx[n, a, b, :] += g[n, a - i, b - j, o] * f(w[i, j, :, o] - x[n, a, b, :])``
