@@ -5,6 +5,9 @@ The adder op (`adder_conv`, `adder_dense`) with the AdderNet gradients, its plai
 adaptive-learning-rate optimizer (`adderjax.optim`).
 """
 
+from adderjax import nn as nn
+from adderjax import nnx as nnx
+from adderjax import optim as optim
 from adderjax import reference as reference
 from adderjax.ops import (
     adder_conv as adder_conv,

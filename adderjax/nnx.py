@@ -1,0 +1,262 @@
+"""Flax NNX adder layers, `AdderConv` and `AdderLinear`, drop-in for `flax.nnx.Conv` / `Linear`.
+
+The filter is the `nnx.Param` ``adder`` (as in the PyTorch reference); the forward and the
+AdderNet gradients are those of `adderjax.ops`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from adderjax import ops
+from adderjax.nn import (
+    PaddingLike,
+    _add_bias,
+    _adder_args,
+    _apply_conv,
+    _check_in_features,
+    _check_inputs,
+    _conv_args,
+    default_bias_init,
+    default_kernel_init,
+)
+
+__all__ = ["AdderConv", "AdderLinear"]
+
+Array = Any
+Dtype = Any
+Initializer = Any
+
+
+class AdderConv(nnx.Module):
+    """2-D adder convolution, a drop-in for `flax.nnx.Conv` with a negative l_p distance.
+
+    ``y = -sum |x_patch - adder| ** p (+ bias)`` over every ``(kh, kw, cin)`` input patch,
+    with the AdderNet gradients of `adderjax.ops.adder_conv`. Inputs are channels-last
+    ``(*batch_dims, H, W, C)``: as in flax, several batch dims are flattened and restored, and
+    an unbatched ``(H, W, C)`` input gives an unbatched output.
+
+    Args:
+      in_features: number of input channels.
+      out_features: number of filters (output channels).
+      kernel_size: an int k, meaning (k, k), or a pair of ints. Only 2-D kernels exist here
+        (unlike flax, an int is not a 1-D kernel).
+      strides: an int or a pair of ints (default 1).
+      padding: "SAME", "VALID", an int n (n zeros on every side), a sequence of two ints (per
+        spatial dim, both sides) or of two ``(lo, hi)`` pairs. Padded zeros count as inputs,
+        as in the reference. "CIRCULAR", "REFLECT" and "CAUSAL" raise.
+      input_dilation, kernel_dilation, feature_group_count: accepted for flax compatibility,
+        and must be 1.
+      use_bias: whether to add a bias (default True, as flax; the AdderNet models use False).
+      dtype: the dtype of the computation (default: inferred from inputs and params).
+      param_dtype: the dtype of the parameters (default float32).
+      kernel_init: initializer of the ``adder`` filter (default N(0, 1), as the reference).
+      bias_init: initializer of the bias (default zeros).
+      p: the norm, a float in [1, 2] (1 is the AdderNet). A call-time ``p`` overrides it.
+      input_grad: "hardtanh" or "lp", the input gradient rule of `adderjax.ops.adder_conv`.
+      implementation: None (the best for the backend), "xla" or "pallas".
+      rngs: the `nnx.Rngs` the parameters are initialised from.
+      kernel_metadata, bias_metadata: metadata (e.g. sharding) for the two `nnx.Param`.
+
+    Attributes:
+      adder: `nnx.Param` of shape ``(kh, kw, in_features, out_features)``.
+      bias: `nnx.Param` of shape ``(out_features,)``, or None when ``use_bias=False``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from adderjax import nnx as adder_nnx
+      >>> layer = adder_nnx.AdderConv(16, 32, (3, 3), strides=2, use_bias=False, rngs=nnx.Rngs(0))
+      >>> layer.adder.shape, layer.bias
+      ((3, 3, 16, 32), None)
+      >>> layer(jnp.ones((2, 8, 8, 16)), p=1.5).shape
+      (2, 4, 4, 32)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: None | int | Sequence[int] = 1,
+        padding: PaddingLike = "SAME",
+        *,
+        input_dilation: None | int | Sequence[int] = 1,
+        kernel_dilation: None | int | Sequence[int] = 1,
+        feature_group_count: int = 1,
+        use_bias: bool = True,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        p: float = 1.0,
+        input_grad: str = "hardtanh",
+        implementation: str | None = None,
+        rngs: nnx.Rngs,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    ):
+        # Checked here rather than at call time so a bad layer fails where it is built.
+        kernel_size, strides, padding = _conv_args(
+            kernel_size, strides, padding, input_dilation, kernel_dilation, feature_group_count
+        )
+        p = _adder_args(p, input_grad, implementation, allow_array_p=False)
+        kernel_shape = kernel_size + (in_features, out_features)
+        self.adder = nnx.Param(
+            kernel_init(rngs.params(), kernel_shape, param_dtype), **kernel_metadata
+        )
+        self.bias: nnx.Param[jax.Array] | None
+        if use_bias:
+            self.bias = nnx.Param(
+                bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata
+            )
+        else:
+            self.bias = nnx.data(None)
+
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.p = p
+        self.input_grad = input_grad
+        self.implementation = implementation
+
+    def __call__(self, inputs: Array, *, p: float | jax.Array | None = None) -> Array:
+        """Applies the adder convolution.
+
+        Args:
+          inputs: ``(*batch_dims, H, W, C)``, channels last.
+          p: overrides ``self.p`` for this call. It may be a traced scalar, so an l_p
+            schedule can change p every epoch inside one jitted train step without
+            recompiling (a changing Python float attribute would retrace).
+
+        Returns:
+          ``(*batch_dims, Ho, Wo, out_features)``.
+        """
+        p = self.p if p is None else p
+        _check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
+        _check_in_features(inputs, self.in_features)
+        kernel = self.adder[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = nnx.nn.dtypes.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        return _apply_conv(
+            inputs,
+            kernel,
+            bias,
+            self.strides,
+            self.padding,
+            p=p,
+            input_grad=self.input_grad,
+            implementation=self.implementation,
+        )
+
+
+class AdderLinear(nnx.Module):
+    """Adder dense layer over the last axis, a drop-in for `flax.nnx.Linear`.
+
+    ``y[..., o] = -sum_i |x[..., i] - adder[i, o]| ** p (+ bias[o])`` with the AdderNet
+    gradients of `adderjax.ops.adder_dense`.
+
+    Args:
+      in_features: number of input features.
+      out_features: number of output features.
+      use_bias: whether to add a bias (default True, as flax).
+      dtype: the dtype of the computation (default: inferred from inputs and params).
+      param_dtype: the dtype of the parameters (default float32).
+      kernel_init: initializer of the ``adder`` weights (default N(0, 1), as the reference).
+      bias_init: initializer of the bias (default zeros).
+      p: the norm, a float in [1, 2]. A call-time ``p`` overrides it.
+      input_grad: "hardtanh" or "lp", as in `adderjax.ops.adder_dense`.
+      implementation: None (the best for the backend), "xla" or "pallas".
+      rngs: the `nnx.Rngs` the parameters are initialised from.
+      kernel_metadata, bias_metadata: metadata (e.g. sharding) for the two `nnx.Param`.
+
+    Attributes:
+      adder: `nnx.Param` of shape ``(in_features, out_features)``.
+      bias: `nnx.Param` of shape ``(out_features,)``, or None when ``use_bias=False``.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from adderjax import nnx as adder_nnx
+      >>> layer = adder_nnx.AdderLinear(16, 10, rngs=nnx.Rngs(0))
+      >>> layer.adder.shape, layer.bias.shape
+      ((16, 10), (10,))
+      >>> layer(jnp.ones((5, 2, 16))).shape
+      (5, 2, 10)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        use_bias: bool = True,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        kernel_init: Initializer = default_kernel_init,
+        bias_init: Initializer = default_bias_init,
+        p: float = 1.0,
+        input_grad: str = "hardtanh",
+        implementation: str | None = None,
+        rngs: nnx.Rngs,
+        kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
+        bias_metadata: Mapping[str, Any] = MappingProxyType({}),
+    ):
+        p = _adder_args(p, input_grad, implementation, allow_array_p=False)
+        self.adder = nnx.Param(
+            kernel_init(rngs.params(), (in_features, out_features), param_dtype),
+            **kernel_metadata,
+        )
+        self.bias: nnx.Param[jax.Array] | None
+        if use_bias:
+            self.bias = nnx.Param(
+                bias_init(rngs.params(), (out_features,), param_dtype), **bias_metadata
+            )
+        else:
+            self.bias = nnx.data(None)
+
+        self.in_features = in_features
+        self.out_features = out_features
+        self.use_bias = use_bias
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.p = p
+        self.input_grad = input_grad
+        self.implementation = implementation
+
+    def __call__(self, inputs: Array, *, p: float | jax.Array | None = None) -> Array:
+        """Applies the adder dense layer to the last axis of ``inputs``.
+
+        Args:
+          inputs: ``(..., in_features)``.
+          p: overrides ``self.p`` for this call; may be a traced scalar (see
+            `AdderConv.__call__`).
+
+        Returns:
+          ``(..., out_features)``.
+        """
+        p = self.p if p is None else p
+        _check_inputs(inputs, 1, "(..., in_features)")
+        _check_in_features(inputs, self.in_features)
+        kernel = self.adder[...]
+        bias = self.bias[...] if self.bias is not None else None
+        inputs, kernel, bias = nnx.nn.dtypes.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
+        y = ops.adder_dense(
+            inputs,
+            kernel,
+            p=p,
+            input_grad=self.input_grad,
+            implementation=self.implementation,
+        )
+        return _add_bias(y, bias)

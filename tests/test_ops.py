@@ -1,0 +1,266 @@
+"""adderjax.ops: forward and both AdderNet gradients of every path against the reference."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from jax import lax
+
+import adderjax
+from adderjax import reference
+
+EPS = {jnp.float32: 1.2e-7, jnp.bfloat16: 7.9e-3, jnp.float64: 2.3e-16}
+
+
+def tolerance(dtype, reduction: int) -> float:
+    """Per-dtype tolerance, scaled by sqrt of the reduction length (as tokamax's tests)."""
+    return 4 * EPS[dtype] * math.sqrt(reduction)
+
+
+def assert_close(actual, expected, dtype, reduction, what):
+    actual = np.asarray(jnp.asarray(actual, jnp.float64 if dtype == jnp.float64 else jnp.float32))
+    expected = np.asarray(expected)
+    tol = tolerance(dtype, reduction)
+    scale = max(float(np.max(np.abs(expected), initial=0.0)), 1.0)
+    np.testing.assert_allclose(actual, expected, rtol=tol, atol=tol * scale, err_msg=what)
+
+
+def check_against_reference(
+    x_shape, w_shape, strides, padding, p, input_grad, dtype=jnp.float32, seed=0
+):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.normal(size=x_shape), dtype)
+    w = jnp.asarray(rng.normal(size=w_shape), dtype)
+    ref_dtype = jnp.float64 if dtype == jnp.float64 else jnp.float32
+    xr, wr = x.astype(ref_dtype), w.astype(ref_dtype)
+
+    fn = lambda a, b: adderjax.adder_conv(a, b, strides, padding, p=p, input_grad=input_grad)
+    y, vjp = jax.vjp(fn, x, w)
+    assert y.dtype == dtype
+    g = jnp.asarray(rng.normal(size=y.shape), dtype)
+    dx, dw = vjp(g)
+    assert dx.dtype == x.dtype and dw.dtype == w.dtype
+
+    y_ref = reference.adder_conv_forward(xr, wr, strides, padding, p=p)
+    dx_ref, dw_ref = reference.adder_conv_backward(
+        xr, wr, g.astype(ref_dtype), strides, padding, p=p, input_grad=input_grad
+    )
+    k = w_shape[0] * w_shape[1] * w_shape[2]
+    assert y.shape == y_ref.shape
+    assert_close(y, y_ref, dtype, k, "forward")
+    # dx sums over (taps hitting the pixel) * cout terms, dw over N * Ho * Wo terms.
+    assert_close(dx, dx_ref, dtype, w_shape[0] * w_shape[1] * w_shape[3], "input gradient")
+    assert_close(dw, dw_ref, dtype, math.prod(y.shape[:3]), "filter gradient")
+
+
+CASES = [
+    # x shape, w shape, strides, padding
+    ((2, 8, 8, 4), (3, 3, 4, 6), (1, 1), "SAME"),
+    ((2, 8, 8, 4), (3, 3, 4, 6), (2, 2), "SAME"),
+    ((1, 9, 7, 3), (3, 3, 3, 10), (2, 2), "VALID"),  # batch 1, odd sizes, ragged channels
+    ((2, 6, 6, 10), (1, 1, 10, 3), (2, 2), "VALID"),  # 1x1 stride-2 shortcut
+    ((2, 5, 5, 1), (3, 3, 1, 4), (1, 1), ((1, 1), (1, 1))),  # Cin = 1, explicit symmetric
+    ((1, 7, 6, 3), (2, 3, 3, 5), (2, 1), ((2, 0), (0, 3))),  # asymmetric everything
+    ((1, 8, 8, 2), (3, 3, 2, 3), (3, 3), ((-1, 1), (1, -1))),  # negative padding crops, as lax
+    ((2, 4, 4, 9), (3, 3, 9, 11), (1, 1), "SAME"),  # several channel chunks both ways
+    ((1, 3, 3, 2), (3, 3, 2, 2), (1, 1), "VALID"),  # a single output pixel
+    ((2, 7, 7, 5), (7, 7, 5, 2), (1, 1), "SAME"),  # kernel as large as the input
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
+@pytest.mark.parametrize("p,input_grad", [(1.0, "hardtanh"), (1.5, "lp"), (2.0, "lp")])
+def test_matches_reference(x_shape, w_shape, strides, padding, p, input_grad):
+    check_against_reference(x_shape, w_shape, strides, padding, p, input_grad)
+
+
+@pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES[:4])
+def test_bfloat16_matches_reference(x_shape, w_shape, strides, padding):
+    check_against_reference(x_shape, w_shape, strides, padding, 1.0, "hardtanh", jnp.bfloat16)
+
+
+@pytest.mark.parametrize("p,input_grad", [(1.0, "hardtanh"), (1.0, "lp"), (1.25, "lp")])
+def test_float64_matches_reference(p, input_grad):
+    with jax.enable_x64(True):
+        check_against_reference(
+            (2, 6, 6, 3), (3, 3, 3, 4), (2, 2), "SAME", p, input_grad, jnp.float64
+        )
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_shapes_match_reference(data):
+    kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
+    sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
+    padding = data.draw(
+        st.one_of(
+            st.sampled_from(["SAME", "VALID"]),
+            st.tuples(
+                st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                st.tuples(st.integers(0, 2), st.integers(0, 2)),
+            ),
+        )
+    )
+    lo_h = 0 if isinstance(padding, str) else sum(padding[0])
+    lo_w = 0 if isinstance(padding, str) else sum(padding[1])
+    h = data.draw(st.integers(max(1, kh - lo_h), 9))
+    w = data.draw(st.integers(max(1, kw - lo_w), 9))
+    x_shape = (data.draw(st.integers(1, 2)), h, w, data.draw(st.integers(1, 6)))
+    w_shape = (kh, kw, x_shape[3], data.draw(st.integers(1, 7)))
+    p, input_grad = data.draw(st.sampled_from([(1.0, "hardtanh"), (1.0, "lp"), (1.7, "lp")]))
+    check_against_reference(x_shape, w_shape, (sh, sw), padding, p, input_grad, seed=h * w)
+
+
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 1), (1, 1)), ((0, 2), (2, 1))])
+@pytest.mark.parametrize("strides", [(1, 1), (2, 2), (2, 3)])
+def test_output_shape_matches_lax_conv(padding, strides):
+    x, w = jnp.ones((2, 9, 8, 3)), jnp.ones((3, 2, 3, 5))
+    expected = lax.conv_general_dilated(
+        x, w, strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ).shape
+    assert adderjax.adder_conv(x, w, strides, padding).shape == expected
+
+
+def test_padded_zeros_count_as_inputs():
+    x, w = jnp.zeros((1, 1, 1, 1)), jnp.full((3, 3, 1, 1), 2.0)
+    # Every one of the 9 taps sees a zero (8 padded, 1 real): -9 * |0 - 2|.
+    assert float(adderjax.adder_conv(x, w, padding="SAME")[0, 0, 0, 0]) == -18.0
+
+
+def test_traced_p_does_not_recompile_and_is_correct():
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.normal(size=(2, 6, 6, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+    f = jax.jit(lambda x, w, p: adderjax.adder_conv(x, w, p=p, input_grad="lp"))
+    for p in (2.0, 1.6, 1.0):
+        y = f(x, w, jnp.float32(p))
+        expected = reference.adder_conv_forward(x, w, p=p)
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-4)
+    assert f._cache_size() == 1
+
+
+def test_train_step_does_not_recompile_when_p_changes():
+    """The l_p schedule: one compiled step for every p, and p really changes the update."""
+    rng = np.random.default_rng(6)
+    x = jnp.asarray(rng.normal(size=(4, 6, 6, 2)), jnp.float32)
+    target = jnp.asarray(rng.normal(size=(4, 6, 6, 3)), jnp.float32)
+    params = {"adder": jnp.asarray(rng.normal(size=(3, 3, 2, 3)), jnp.float32)}
+
+    def loss_fn(params, p):
+        y = adderjax.adder_conv(x, params["adder"], p=p, input_grad="lp")
+        return jnp.mean((y / 18 - target) ** 2)
+
+    @jax.jit
+    def train_step(params, p):
+        loss, grads = jax.value_and_grad(loss_fn)(params, p)
+        return jax.tree.map(lambda a, b: a - 0.1 * b, params, grads), loss
+
+    losses = []
+    for p in jnp.linspace(2.0, 1.0, 5):
+        params, loss = train_step(params, p)
+        losses.append(float(loss))
+    assert train_step._cache_size() == 1
+    assert len(set(losses)) == len(losses)
+
+
+def test_p_gets_no_gradient():
+    x, w = jnp.ones((1, 3, 3, 1)), jnp.zeros((3, 3, 1, 1))
+    dp = jax.grad(lambda p: adderjax.adder_conv(x, w, p=p).sum())(jnp.float32(1.5))
+    assert float(dp) == 0.0
+
+
+def test_vmap_over_an_extra_axis():
+    rng = np.random.default_rng(7)
+    x = jnp.asarray(rng.normal(size=(3, 2, 5, 5, 2)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 2, 4)), jnp.float32)
+    y = jax.vmap(lambda a: adderjax.adder_conv(a, w))(x)
+    expected = jnp.stack([reference.adder_conv_forward(a, w) for a in x])
+    np.testing.assert_allclose(y, expected, rtol=1e-5)
+    g = jax.grad(lambda a: jax.vmap(lambda b: adderjax.adder_conv(b, w))(a).sum())(x)
+    expected_g = jnp.stack(
+        [reference.adder_conv_backward(a, w, jnp.ones((2, 5, 5, 4)))[0] for a in x]
+    )
+    np.testing.assert_allclose(g, expected_g, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("x_shape", [(5,), (3, 5), (2, 3, 5)])
+@pytest.mark.parametrize("p,input_grad", [(1.0, "hardtanh"), (1.5, "lp")])
+def test_dense_matches_reference(x_shape, p, input_grad):
+    rng = np.random.default_rng(8)
+    x = jnp.asarray(rng.normal(size=x_shape), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(5, 4)), jnp.float32)
+    fn = lambda a, b: adderjax.adder_dense(a, b, p=p, input_grad=input_grad)
+    y, vjp = jax.vjp(fn, x, w)
+    assert y.shape == x_shape[:-1] + (4,)
+    g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+    dx, dw = vjp(g)
+    np.testing.assert_allclose(y, reference.adder_dense_forward(x, w, p=p), rtol=1e-5)
+    dx_ref, dw_ref = reference.adder_dense_backward(x, w, g, p=p, input_grad=input_grad)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-5, atol=1e-5)
+
+
+X, W = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 4))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(x=jnp.ones((5, 5, 3))), r"x must be rank 4.*x.shape=\(5, 5, 3\)"),
+        (dict(w=jnp.ones((3, 3, 4))), r"w must be rank 4"),
+        (dict(w=jnp.ones((3, 3, 2, 4))), r"channel mismatch.*3 input channels.*expects 2"),
+        (dict(w=jnp.ones((7, 3, 3, 4)), padding="VALID"), r"kernel larger than the padded input"),
+        (dict(strides=(0, 1)), r"strides must be a pair of positive ints"),
+        (dict(strides=(-1, 1)), r"strides must be a pair of positive ints"),
+        (dict(strides="2"), r"strides must be"),
+        (dict(padding="FULL"), r"padding must be 'SAME', 'VALID'.*'FULL'"),
+        (dict(padding=[(1, 1)]), r"padding must be"),
+        (dict(padding=[(1, 1), (1.5, 1)]), r"padding must be"),
+        (dict(p=0.5), r"p must be in \[1, 2\], got 0.5"),
+        (dict(p=2.5), r"p must be in \[1, 2\]"),
+        (dict(p=jnp.ones(2)), r"p must be a float in \[1, 2\] or a scalar"),
+        (dict(input_grad="sign"), r"input_grad must be 'hardtanh' or 'lp', got 'sign'"),
+        (dict(implementation="cuda"), r"implementation must be 'xla' or 'pallas' or None"),
+        (dict(x=jnp.ones((2, 5, 5, 3), jnp.int32)), r"x must have a floating dtype"),
+        (dict(w=np.ones((3, 3, 3, 4), np.int8)), r"w must have a floating dtype"),
+        (dict(x=[[1.0]]), r"x must be an array"),
+    ],
+)
+def test_bad_arguments_raise_one_clear_line(kwargs, match):
+    args = dict(x=X, w=W, strides=(1, 1), padding="SAME")
+    args.update(kwargs)
+    x, w = args.pop("x"), args.pop("w")
+    with pytest.raises(ValueError, match=match) as info:
+        adderjax.adder_conv(x, w, args.pop("strides"), args.pop("padding"), **args)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "x,w,match",
+    [
+        (jnp.ones((2, 3)), jnp.ones((3,)), r"w must be rank 2"),
+        (jnp.ones((2, 3)), jnp.ones((4, 5)), r"feature mismatch.*din=4"),
+        (jnp.ones(()), jnp.ones((1, 5)), r"feature mismatch"),
+    ],
+)
+def test_dense_bad_arguments(x, w, match):
+    with pytest.raises(ValueError, match=match):
+        adderjax.adder_dense(x, w)
+
+
+def test_pallas_never_falls_back_silently():
+    if "pallas" in adderjax.available_implementations():
+        pytest.skip("Pallas is available here; the kernel tests cover it")
+    with pytest.raises(ValueError, match=r"implementation='pallas' is not available"):
+        adderjax.adder_conv(X, W, implementation="pallas")
+
+
+def test_default_implementation_is_xla_off_gpu():
+    if jax.default_backend() != "gpu":
+        assert adderjax.default_implementation() == "xla"
+    y = adderjax.adder_conv(X, W, implementation=None)
+    np.testing.assert_array_equal(y, adderjax.adder_conv(X, W, implementation="xla"))
