@@ -96,13 +96,14 @@ def _sum_taps(x, w, geom: geometry.ConvGeometry, term, cd):
     nc, cb = _chunks(cin, FORWARD_TAPS_PER_STEP // (kh * kw))
     # Padded channels (x = w = 0) add term(0, 0), which is 0 for every term used here.
     xpad = _pad_last(geometry.pad_input(x.astype(cd), geom), nc * cb)
-    hp, wp = xpad.shape[1:3]
-    xs = xpad.reshape(n, hp, wp, nc, cb).transpose(3, 0, 1, 2, 4)
     ws = _pad_last(w.astype(cd).transpose(0, 1, 3, 2), nc * cb).transpose(0, 1, 3, 2)
     ws = ws.reshape(kh, kw, nc, cb, cout).transpose(2, 0, 1, 3, 4)
 
     def step(acc, chunk):
-        xc, wc = chunk
+        # The input chunk is sliced in place (fused into the loop), not from a transposed
+        # copy: that copy would cost as much memory as the input itself.
+        c0, wc = chunk
+        xc = lax.dynamic_slice_in_dim(xpad, c0 * cb, cb, axis=3)
         for i in range(kh):
             for j in range(kw):
                 xt = _patch_taps(xc, geom, i, j)
@@ -110,7 +111,7 @@ def _sum_taps(x, w, geom: geometry.ConvGeometry, term, cd):
                     acc = acc + term(xt[..., c : c + 1], wc[i, j, c][None, None, None, :])
         return acc, None
 
-    acc, _ = lax.scan(step, jnp.zeros((n, ho, wo, cout), cd), (xs, ws))
+    acc, _ = lax.scan(step, jnp.zeros((n, ho, wo, cout), cd), (jnp.arange(nc), ws))
     return acc
 
 
@@ -150,7 +151,7 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
     """dx = sum_o g * f(w - x_patch) scattered onto x, f = hardtanh or the l_p rule."""
     cd = geometry.compute_dtype(x.dtype, w.dtype, g.dtype)
     (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
-    n, cin = geom.batch, geom.in_channels
+    n, cin, cout = geom.batch, geom.in_channels, geom.out_channels
     xpad = geometry.pad_input(x.astype(cd), geom)
     wc, gc = w.astype(cd), g.astype(cd)
     hp, wp = xpad.shape[1:3]
@@ -165,8 +166,24 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
         a1 = min(out + taps - 1, -((r - hi) // s))
         return a0, a1
 
+    # One zero-bordered, channel-padded cotangent shared by every phase: each tap is then a
+    # plain slice of it, and padded channels (g = 0) add nothing.
+    max_h, max_w = len(range(0, kh, sh)), len(range(0, kw, sw))
+    # Each phase unrolls its own number of output channels per step (fewer taps, more channels).
+    chunking = {
+        (rh, rw): _chunks(
+            cout, INPUT_GRAD_TAPS_PER_STEP // (len(range(rh, kh, sh)) * len(range(rw, kw, sw)))
+        )
+        for rh in range(min(sh, kh))
+        for rw in range(min(sw, kw))
+    }
+    padded_cout = max(no * ob for no, ob in chunking.values())
+    gp = jnp.pad(
+        _pad_last(gc, padded_cout), ((0, 0), (max_h - 1, max_h - 1), (max_w - 1, max_w - 1), (0, 0))
+    )
+
     def run(p_static):
-        dxpad = jnp.zeros((n, hp, wp, cin), cd)
+        dx = jnp.zeros((n, *geom.in_hw, cin), cd)
         for rh in range(sh):
             for rw in range(sw):
                 taps_h, taps_w = len(range(rh, kh, sh)), len(range(rw, kw, sw))
@@ -178,62 +195,67 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
                     continue
                 lo_h, lo_w = rh + sh * a0, rw + sw * b0
                 hi_h, hi_w = rh + sh * (a1 - 1) + 1, rw + sw * (b1 - 1) + 1
+                no, ob = chunking[rh, rw]
+                wsub = _pad_last(wc[rh::sh, rw::sw], no * ob)
                 dph = _input_grad_phase(
-                    xpad[:, lo_h:hi_h:sh, lo_w:hi_w:sw, :],
-                    wc[rh::sh, rw::sw],
-                    gc,
-                    (a0, b0),
+                    lambda rows=slice(lo_h, hi_h, sh), cols=slice(lo_w, hi_w, sw): xpad[
+                        :, rows, cols, :
+                    ],
+                    wsub.reshape(taps_h, taps_w, cin, no, ob).transpose(3, 0, 1, 2, 4),
+                    gp,
+                    (a0 + max_h - 1, b0 + max_w - 1),
                     mode,
                     lambda d, p_static=p_static: _lp_grad(d, p, p_static),
                 )
-                # Interleave the phase back at rows rh + sh * a' of the padded input.
-                dxpad = dxpad + lax.pad(
+                # Interleave the phase back at rows rh + sh * a' - pt of x itself: the phases
+                # only cover x, so no padded-size buffer is ever built.
+                h, wd = geom.in_hw
+                dx = dx + lax.pad(
                     dph,
                     jnp.zeros((), cd),
-                    ((0, 0, 0), (lo_h, hp - hi_h, sh - 1), (lo_w, wp - hi_w, sw - 1), (0, 0, 0)),
+                    (
+                        (0, 0, 0),
+                        (lo_h - pt, h - (hi_h - pt), sh - 1),
+                        (lo_w - pl, wd - (hi_w - pl), sw - 1),
+                        (0, 0, 0),
+                    ),
                 )
-        return geometry.unpad_input(dxpad, geom)
+        return dx
 
     if mode == "hardtanh":
         return run(1.0)  # the hardtanh rule does not depend on p
     return _with_p(run, p, p_static)
 
 
-def _input_grad_phase(xph, wsub, g, offset, mode, lp_grad):
-    """Stride-1 transposed adder: dx[a', b'] = sum_{k, l, o} g[a' - k, b' - l, o] * f(w - x)."""
-    n, hq, wq, cin = xph.shape
-    kh, kw, _, cout = wsub.shape
-    no, ob = _chunks(cout, INPUT_GRAD_TAPS_PER_STEP // (kh * kw))
-    # Zero cotangent rows around g make every tap a plain slice; padded channels have g = 0.
-    gp = jnp.pad(_pad_last(g, no * ob), ((0, 0), (kh - 1, kh - 1), (kw - 1, kw - 1), (0, 0)))
-    hg, wg = gp.shape[1:3]
-    gs = gp.reshape(n, hg, wg, no, ob).transpose(3, 0, 1, 2, 4)
-    ws = _pad_last(wsub, no * ob).reshape(kh, kw, cin, no, ob).transpose(3, 0, 1, 2, 4)
-    a0, b0 = offset
+def _input_grad_phase(xph_fn, ws, gp, offset, mode, lp_grad):
+    """Stride-1 transposed adder: dx[a', b'] = sum_{k, l, o} g[a' - k, b' - l, o] * f(w - x).
 
-    def tap(a, k, ll):
-        """The cotangent-side operand of tap (k, ll) for every phase pixel."""
-        return a[
-            :, a0 + kh - 1 - k : a0 + kh - 1 - k + hq, b0 + kw - 1 - ll : b0 + kw - 1 - ll + wq
-        ]
-
-    # Measured on XLA:CPU: the plain clip beats rewriting it without min/max, e.g. as
-    # (|w + 1 - x| - |w - 1 - x|) / 2 (1.3x slower), because the extra abs term costs more.
-    if mode == "hardtanh":
-        term = lambda wr: jnp.clip(wr - xph, -1.0, 1.0)
-    else:
-        term = lambda wr: lp_grad(wr - xph)
+    `xph_fn` builds the phase's input pixels inside the loop body, where XLA fuses the strided
+    slice instead of keeping a copy; `ws` is (chunks, kh, kw, Cin, ob); `gp` the bordered
+    cotangent, in which output row a' - k sits at row a' - k + offset.
+    """
+    no, kh, kw, _, ob = ws.shape
+    a_off, b_off = offset
 
     def step(acc, chunk):
-        gc, wc = chunk
+        o0, wc = chunk
+        gc = lax.dynamic_slice_in_dim(gp, o0 * ob, ob, axis=3)
+        xph = xph_fn()
+        hq, wq = xph.shape[1:3]
+        # Measured on XLA:CPU: the plain clip beats rewriting it without min/max, e.g. as
+        # (|w + 1 - x| - |w - 1 - x|) / 2 (1.3x slower): the extra abs term costs more.
+        if mode == "hardtanh":
+            term = lambda wr: jnp.clip(wr - xph, -1.0, 1.0)
+        else:
+            term = lambda wr: lp_grad(wr - xph)
         for k in range(kh):
             for ll in range(kw):
-                gt = tap(gc, k, ll)
+                gt = gc[:, a_off - k : a_off - k + hq, b_off - ll : b_off - ll + wq]
                 for o in range(ob):
                     acc = acc + gt[..., o : o + 1] * term(wc[k, ll, :, o][None, None, None, :])
         return acc, None
 
-    dx, _ = lax.scan(step, jnp.zeros_like(xph), (gs, ws))
+    dx, _ = lax.scan(step, jnp.zeros(jax.eval_shape(xph_fn).shape, gp.dtype), (jnp.arange(no), ws))
     return dx
 
 

@@ -264,3 +264,12 @@ def test_default_implementation_is_xla_off_gpu():
         assert adderjax.default_implementation() == "xla"
     y = adderjax.adder_conv(X, W, implementation=None)
     np.testing.assert_array_equal(y, adderjax.adder_conv(X, W, implementation="xla"))
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from adderjax import ops
+
+    result = doctest.testmod(ops)
+    assert result.attempted > 0 and result.failed == 0
