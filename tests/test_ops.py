@@ -273,3 +273,17 @@ def test_docstring_examples_run():
 
     result = doctest.testmod(ops)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("platform", ["tpu", "cuda"])
+def test_forward_and_vjp_lower_for_accelerators(platform):
+    """The XLA path (and its platform-dependent filter gradient) lowers for TPU and CUDA."""
+    x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
+
+    def f(x, w, p):
+        fn = lambda a, b: adderjax.adder_conv(a, b, (2, 2), "SAME", p=p, input_grad="lp")
+        y, vjp = jax.vjp(fn, x, w)
+        return y, *vjp(y)
+
+    text = jax.jit(f).trace(x, w, jnp.float32(1.5)).lower(lowering_platforms=(platform,)).as_text()
+    assert "stablehlo.while" in text and "stablehlo.convolution" in text
