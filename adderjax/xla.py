@@ -115,6 +115,18 @@ def _sum_taps(x, w, geom: geometry.ConvGeometry, term, cd):
     return acc
 
 
+def _conv(x, w, geom: geometry.ConvGeometry):
+    """The multiplicative convolution of the same geometry, at full float32 precision."""
+    return lax.conv_general_dilated(
+        x,
+        w,
+        geom.strides,
+        geom.pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=lax.Precision.HIGHEST,
+    )
+
+
 def _patch_sums(a, geom: geometry.ConvGeometry):
     """sum over each padded input patch of `a` (N, H, W, C), additions only: (N, Ho, Wo)."""
     apad = geometry.pad_input(a, geom).sum(axis=-1)
@@ -131,14 +143,7 @@ def forward(x, w, p, geom: geometry.ConvGeometry, p_static):
     def run(p_static):
         if p_static == 2.0:
             # |x - w|^2 = x^2 - 2 x w + w^2, so the l2 phase of the l_p schedule is a conv.
-            xw = lax.conv_general_dilated(
-                xc,
-                wc,
-                geom.strides,
-                geom.pads,
-                dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                precision=lax.Precision.HIGHEST,
-            )
+            xw = _conv(xc, wc, geom)
             sx2 = _patch_sums(xc * xc, geom)[..., None]
             sw2 = jnp.sum(wc * wc, axis=(0, 1, 2))[None, None, None, :]
             return 2 * xw - sx2 - sw2
@@ -184,42 +189,38 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
 
     def run(p_static):
         dx = jnp.zeros((n, *geom.in_hw, cin), cd)
-        for rh in range(sh):
-            for rw in range(sw):
-                taps_h, taps_w = len(range(rh, kh, sh)), len(range(rw, kw, sw))
-                if taps_h == 0 or taps_w == 0:
-                    continue
-                a0, a1 = phase_range(rh, sh, taps_h, ho, valid[0])
-                b0, b1 = phase_range(rw, sw, taps_w, wo, valid[1])
-                if a1 <= a0 or b1 <= b0:
-                    continue
-                lo_h, lo_w = rh + sh * a0, rw + sw * b0
-                hi_h, hi_w = rh + sh * (a1 - 1) + 1, rw + sw * (b1 - 1) + 1
-                no, ob = chunking[rh, rw]
-                wsub = _pad_last(wc[rh::sh, rw::sw], no * ob)
-                dph = _input_grad_phase(
-                    lambda rows=slice(lo_h, hi_h, sh), cols=slice(lo_w, hi_w, sw): xpad[
-                        :, rows, cols, :
-                    ],
-                    wsub.reshape(taps_h, taps_w, cin, no, ob).transpose(3, 0, 1, 2, 4),
-                    gp,
-                    (a0 + max_h - 1, b0 + max_w - 1),
-                    mode,
-                    lambda d, p_static=p_static: _lp_grad(d, p, p_static),
-                )
-                # Interleave the phase back at rows rh + sh * a' - pt of x itself: the phases
-                # only cover x, so no padded-size buffer is ever built.
-                h, wd = geom.in_hw
-                dx = dx + lax.pad(
-                    dph,
-                    jnp.zeros((), cd),
-                    (
-                        (0, 0, 0),
-                        (lo_h - pt, h - (hi_h - pt), sh - 1),
-                        (lo_w - pl, wd - (hi_w - pl), sw - 1),
-                        (0, 0, 0),
-                    ),
-                )
+        for (rh, rw), (no, ob) in chunking.items():
+            taps_h, taps_w = len(range(rh, kh, sh)), len(range(rw, kw, sw))
+            a0, a1 = phase_range(rh, sh, taps_h, ho, valid[0])
+            b0, b1 = phase_range(rw, sw, taps_w, wo, valid[1])
+            if a1 <= a0 or b1 <= b0:
+                continue
+            lo_h, lo_w = rh + sh * a0, rw + sw * b0
+            hi_h, hi_w = rh + sh * (a1 - 1) + 1, rw + sw * (b1 - 1) + 1
+            wsub = _pad_last(wc[rh::sh, rw::sw], no * ob)
+            dph = _input_grad_phase(
+                lambda rows=slice(lo_h, hi_h, sh), cols=slice(lo_w, hi_w, sw): xpad[
+                    :, rows, cols, :
+                ],
+                wsub.reshape(taps_h, taps_w, cin, no, ob).transpose(3, 0, 1, 2, 4),
+                gp,
+                (a0 + max_h - 1, b0 + max_w - 1),
+                mode,
+                lambda d, p_static=p_static: _lp_grad(d, p, p_static),
+            )
+            # Interleave the phase back at rows rh + sh * a' - pt of x itself: the phases
+            # only cover x, so no padded-size buffer is ever built.
+            h, wd = geom.in_hw
+            dx = dx + lax.pad(
+                dph,
+                jnp.zeros((), cd),
+                (
+                    (0, 0, 0),
+                    (lo_h - pt, h - (hi_h - pt), sh - 1),
+                    (lo_w - pl, wd - (hi_w - pl), sw - 1),
+                    (0, 0, 0),
+                ),
+            )
         return dx
 
     if mode == "hardtanh":
@@ -285,17 +286,7 @@ def filter_grad(x, w, g, geom: geometry.ConvGeometry):
 
 
 def _corr_by_conv_vjp(x, w, g, geom):
-    def conv(w_):
-        return lax.conv_general_dilated(
-            x,
-            w_,
-            geom.strides,
-            geom.pads,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            precision=lax.Precision.HIGHEST,
-        )
-
-    _, vjp = jax.vjp(conv, w)
+    _, vjp = jax.vjp(lambda w_: _conv(x, w_, geom), w)
     (corr,) = vjp(g)
     return corr
 
