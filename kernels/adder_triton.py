@@ -1,0 +1,441 @@
+"""Pallas Triton kernels of the adder op: forward, input gradient and filter gradient.
+
+All three work on the phase-flat layout of `kernels.layout`, where tap ``t`` of output row
+``m`` is input row ``m + offset[t]`` of phase ``phase[t]``: a tile of ``block_m`` pixels
+under one tap is one contiguous (block_m, channels) block, loaded without a gather.
+
+* forward: ``y[m, o] = -sum_{t, c} |x[phase t][m + off t, c] - w[t, c, o]| ** p``. Grid over
+  (pixel tiles, output-channel tiles); a loop over (tap, input-channel block) broadcasts a
+  (block_m, block_c) input block against a (block_c, block_o) filter block and accumulates
+  the reduced (block_m, block_o) tile in float32 (float64 for float64 inputs).
+* input gradient: for one input phase, ``dx[r, c] = sum_{t in phase, o} g[r - off t, o] *
+  f(w[t, c, o] - x[r, c])`` with f the HardTanh clip or the l_p term. Grid over (input-pixel
+  tiles, input-channel tiles); the cotangent is read at negative offsets, so it is stored
+  with ``max_offset`` zero rows in front. Each phase is its own call (its own taps).
+* filter gradient: ``dw[t, c, o] = sum_m g[m, o] * (x_t[m, c] - w[t, c, o]) = (x_t^T g)[c, o]
+  - w[t, c, o] * sum_m g[m, o]``, a matrix product on ``tl.dot`` (IEEE float32, no TF32).
+  The long pixel reduction is cut into ``splits`` slices, one grid axis; each slice writes
+  its partial gradient to its own output and XLA sums them in a fixed order. No atomics, so
+  the result is bitwise reproducible.
+
+Entry points take NHWC inputs and HWIO filters, do the layout in XLA around the kernel,
+take ``block_sizes`` (`BlockSizes`, default `BlockSizes.get_default`) and ``interpret``
+(run the kernel in Pallas interpret mode, on any backend), all keyword-only.
+
+Roofline on paper for an H100 SXM (not measured: no GPU has been available)
+------------------------------------------------------------------------------
+The adder term ``acc += |x - w|`` is two FP32 instructions on CUDA cores (FADD, then FADD
+with an |.| operand modifier); tensor cores cannot do it. 132 SMs x 128 FP32 lanes x 1.83
+GHz = 31 T instr/s, so the peak is **15.5 T adder terms/s** (against 495 TFLOP/s dense
+TF32 and 990 BF16 on tensor cores for a convolution: a 32-64x handicap for the same layer).
+HBM3 moves 3.35 TB/s, so a kernel is compute bound when it does more than 4.6 terms per
+byte. The forward does ``N*Ho*Wo*Cout*kh*kw*Cin`` terms and moves ``4 * (|x| + |w| + |y|)``
+bytes; every layer below does >= 16 terms per byte (1x1 layers fewest), so all are compute
+bound and the expected forward time is terms / 15.5 T/s. The input gradient has the same
+term count at 3-4 instructions per term (subtract, clamp, FMA: ~10 T terms/s); the filter
+gradient is a real matrix product (IEEE FP32 on CUDA cores, 67 TFLOP/s) plus a cheap sum.
+The phase-flat layout computes ``Hq*Wq / (Ho*Wo)`` more pixels than needed (1.07-1.65x,
+included below).
+
+================================  ==========  ===============  ==============
+layer (batch 256)                 G terms     forward (ms)     fwd+bwd (ms)
+================================  ==========  ===============  ==============
+ResNet-20 3x3 16->16 @32x32           9.7         0.70            2.3
+ResNet-20 3x3 32->32 @16x16           9.7         0.80            2.6
+ResNet-20 3x3 64->64 @8x8             9.7         0.98            3.2
+ResNet-20 whole network (19 adder)   41.0         3.1            10.1
+ResNet-50 3x3 64->64 @56x56         29.6         2.0             6.7
+ResNet-50 3x3 512->512 @7x7         29.6         3.2            10.4
+ResNet-50 whole network (52 adder)  1070          86             280
+================================  ==========  ===============  ==============
+
+A measured kernel at 30-50% of these peaks would be in line with Triton on CUDA-core
+workloads; AdderNetCUDA reports ~5x the reference PyTorch code for ResNet-20 training.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+from kernels import layout as layout_lib
+from kernels.block_sizes import BlockSizes
+
+__all__ = ["filter_grad", "forward", "input_grad"]
+
+INPUT_GRADS = ("hardtanh", "lp")
+
+
+def _acc_dtype(*dtypes):
+    return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _compiler_params(block_sizes: BlockSizes):
+    # In jax 0.10 a pallas_call on GPU without these goes to Mosaic GPU, not Triton.
+    return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
+
+
+def _check_args(x, w, strides, pads, p, p_value):
+    if x.ndim != 4:
+        raise ValueError(f"x must be rank 4 (N, H, W, C), got {x.shape=}")
+    if w.ndim != 4 or w.shape[2] != x.shape[3]:
+        raise ValueError(f"w must be (kh, kw, {x.shape[3]}, cout) for {x.shape=}, got {w.shape=}")
+    if p is None and p_value is None:
+        raise ValueError("p=None (a traced p) needs p_value, a scalar array")
+    layout = layout_lib.make_layout(x.shape, w.shape[:2], strides, pads)
+    if min(layout.out_hw) < 1:
+        raise ValueError(f"no output pixels: {x.shape=}, {w.shape=}, {strides=}, {pads=}")
+    return layout
+
+
+def _check_index_range(**operands):
+    # Pallas Triton addresses a ref with int32 element offsets.
+    for name, a in operands.items():
+        if a.size >= 2**31:
+            raise ValueError(
+                f"{name} of the kernel layout has {a.size} elements, past int32 indexing "
+                f"({a.shape=}); split the batch"
+            )
+
+
+def _tap_phase_offset(t, layout: layout_lib.PhaseLayout):
+    """`PhaseLayout.tap_phase` and `tap_offset` on a traced tap index."""
+    (sh, sw), kw, wq = layout.strides, layout.kernel_hw[1], layout.phase_hw[1]
+    i, j = _divmod(t, kw)
+    (i_q, i_r), (j_q, j_r) = _divmod(i, sh), _divmod(j, sw)
+    return i_r * sw + j_r, i_q * wq + j_q
+
+
+def _divmod(a, n: int):
+    """divmod of a non-negative traced int by a static one, as truncating lax.div / lax.rem.
+
+    jnp's floor `%` fails to lower to Triton in jax 0.10 (an i32 meets an i1 in its
+    sign fix-up), and a non-negative index needs no fix-up.
+    """
+    if isinstance(a, int):
+        return divmod(a, n)
+    if n == 1:
+        return a, 0
+    n = jnp.asarray(n, a.dtype)
+    return lax.div(a, n), lax.rem(a, n)
+
+
+def _p_operand(p_value, dtype):
+    return jnp.asarray(p_value, dtype).reshape(1)
+
+
+def _abs_pow(d, p, p_ref):
+    """|d| ** p, specialised for p = 1 and 2; p None reads it from p_ref."""
+    if p == 1.0:
+        return jnp.abs(d)
+    if p == 2.0:
+        return d * d
+    return jnp.abs(d) ** (p_ref[0] if p is None else p)
+
+
+def _input_term(d, p, p_ref, kind):
+    """f(w - x): the HardTanh clip or the l_p term sign(d) |d| ** (p - 1)."""
+    if kind == "hardtanh":
+        return jnp.clip(d, -1.0, 1.0)
+    if p == 1.0:
+        return jnp.sign(d)
+    if p == 2.0:
+        return d
+    q = (p_ref[0] if p is None else p) - 1.0
+    return jnp.sign(d) * jnp.abs(d) ** q
+
+
+# --------------------------------------------------------------------------- forward
+
+
+def _forward_kernel(x_ref, w_ref, *refs, layout, p, num_c_blocks, acc_dtype):
+    p_ref, y_ref = refs if p is None else (None, *refs)
+    block_m, block_o = y_ref.shape
+    block_c = w_ref.shape[1] // num_c_blocks
+    m0 = pl.program_id(0) * block_m
+
+    def body(k, acc):
+        t, c = _divmod(k, num_c_blocks)
+        c0 = c * block_c
+        phase, offset = _tap_phase_offset(t, layout)
+        xs = x_ref[phase, pl.ds(m0 + offset, block_m), pl.ds(c0, block_c)].astype(acc_dtype)
+        ws = w_ref[t, pl.ds(c0, block_c), :].astype(acc_dtype)
+        d = xs[:, :, None] - ws[None, :, :]
+        return acc + jnp.sum(_abs_pow(d, p, p_ref), axis=1)
+
+    acc = jnp.zeros((block_m, block_o), acc_dtype)
+    acc = lax.fori_loop(0, layout.num_taps * num_c_blocks, body, acc)
+    y_ref[...] = (-acc).astype(y_ref.dtype)
+
+
+def forward(x, w, *, strides, pads, p=1.0, p_value=None, block_sizes=None, interpret=False):
+    """``y[n, h, w, o] = -sum_{i, j, c} |xpad[n, h*s + i, w*s + j, c] - w[i, j, c, o]| ** p``.
+
+    Args:
+      x: (N, H, W, Cin). w: (kh, kw, Cin, Cout).
+      strides: (sh, sw). pads: ((top, bottom), (left, right)), as `lax.conv_general_dilated`.
+      p: the norm as a Python float, or None to read it at run time from ``p_value``
+        (a traced p: one compiled kernel for the whole l_p schedule).
+      block_sizes: `BlockSizes`; None for `BlockSizes.get_default("forward", ...)`.
+      interpret: run in Pallas interpret mode.
+
+    Returns:
+      (N, Ho, Wo, Cout) in float32 (float64 for float64 inputs).
+    """
+    layout = _check_args(x, w, strides, pads, p, p_value)
+    cin, cout = w.shape[2:]
+    bs = block_sizes or BlockSizes.get_default("forward", in_channels=cin, out_channels=cout)
+    acc_dtype = _acc_dtype(x.dtype, w.dtype)
+    cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
+    rows = _round_up(layout.rows, bs.block_m)
+    # Zero channels add |0 - 0| ** p = 0; extra rows keep every shifted block in bounds.
+    xph = layout_lib.split_input(x, layout, rows + layout.max_offset, cp)
+    wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
+    _check_index_range(input=xph, filters=wt)
+    operands = [xph, wt]
+    in_specs = [
+        pl.BlockSpec(xph.shape, lambda m, o: (0, 0, 0)),
+        pl.BlockSpec((layout.num_taps, cp, bs.block_o), lambda m, o: (0, 0, o)),
+    ]
+    if p is None:
+        operands.append(_p_operand(p_value, acc_dtype))
+        in_specs.append(pl.BlockSpec((1,), lambda m, o: (0,)))
+    kernel = functools.partial(
+        _forward_kernel,
+        layout=layout,
+        p=p,
+        num_c_blocks=cp // bs.block_c,
+        acc_dtype=acc_dtype,
+    )
+    y = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((rows, op), acc_dtype),
+        grid=(rows // bs.block_m, op // bs.block_o),
+        in_specs=in_specs,
+        out_specs=pl.BlockSpec((bs.block_m, bs.block_o), lambda m, o: (m, o)),
+        compiler_params=_compiler_params(bs),
+        interpret=interpret,
+        name="adder_forward",
+    )(*operands)
+    return layout_lib.gather_output(y, layout, cout)
+
+
+# ------------------------------------------------------------------- input gradient
+
+
+def _input_grad_kernel(
+    x_ref, w_ref, g_ref, *refs, layout, phase, front, p, kind, num_o_blocks, acc_dtype
+):
+    p_ref, dx_ref = refs if p is None else (None, *refs)
+    block_m, block_c = dx_ref.shape
+    block_o = w_ref.shape[2] // num_o_blocks
+    (sh, sw), (kh, kw), wq = layout.strides, layout.kernel_hw, layout.phase_hw[1]
+    a, b = divmod(phase, sw)
+    taps_j = -(-(kw - b) // sw)
+    r0 = pl.program_id(0) * block_m
+    xs = x_ref[...].astype(acc_dtype)
+
+    def body(k, acc):
+        # Taps of this phase: i = a + sh * ti, j = b + sw * tj, at row offset ti * Wq + tj.
+        q, o = _divmod(k, num_o_blocks)
+        o0 = o * block_o
+        ti, tj = _divmod(q, taps_j)
+        t = (a + sh * ti) * kw + b + sw * tj
+        gs = g_ref[pl.ds(r0 + front - ti * wq - tj, block_m), pl.ds(o0, block_o)]
+        ws = w_ref[t, :, pl.ds(o0, block_o)].astype(acc_dtype)
+        d = _input_term(ws[None, :, :] - xs[:, :, None], p, p_ref, kind)
+        return acc + jnp.sum(gs.astype(acc_dtype)[:, None, :] * d, axis=2)
+
+    taps = -(-(kh - a) // sh) * taps_j
+    acc = jnp.zeros((block_m, block_c), acc_dtype)
+    acc = lax.fori_loop(0, taps * num_o_blocks, body, acc)
+    dx_ref[...] = acc.astype(dx_ref.dtype)
+
+
+def input_grad(
+    x,
+    w,
+    g,
+    *,
+    strides,
+    pads,
+    input_grad="hardtanh",
+    p=1.0,
+    p_value=None,
+    block_sizes=None,
+    interpret=False,
+):
+    """``dx[n, h, w, c] = sum g[n, ho, wo, o] * f(w[i, j, c, o] - x[n, h, w, c])`` over the taps
+    ``(ho*s + i, wo*s + j) == (h, w)`` of the padded input, with f ``clip(., -1, 1)``
+    (input_grad="hardtanh") or ``sign(.) |.| ** (p - 1)`` ("lp").
+
+    Args:
+      x, w, strides, pads, p, p_value, block_sizes, interpret: as in `forward`.
+      g: the cotangent of the forward output, (N, Ho, Wo, Cout).
+      input_grad: "hardtanh" or "lp".
+
+    Returns:
+      (N, H, W, Cin) in float32 (float64 for float64 inputs).
+    """
+    layout = _check_args(x, w, strides, pads, p, p_value)
+    if input_grad not in INPUT_GRADS:
+        raise ValueError(f"input_grad must be one of {INPUT_GRADS}, got {input_grad!r}")
+    if g.shape != (layout.batch, *layout.out_hw, w.shape[3]):
+        raise ValueError(
+            f"g must be the output's shape {(layout.batch, *layout.out_hw, w.shape[3])}, "
+            f"got {g.shape=}"
+        )
+    cin, cout = w.shape[2:]
+    bs = block_sizes or BlockSizes.get_default("input_grad", in_channels=cin, out_channels=cout)
+    acc_dtype = _acc_dtype(x.dtype, w.dtype, g.dtype)
+    cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
+    rows = _round_up(layout.rows, bs.block_m)
+    front = layout.max_offset
+    xph = layout_lib.split_input(x, layout, rows, cp)
+    # Zero output channels (g = 0) and zero grid points outside the real output add nothing.
+    gf = layout_lib.spread_output(g, layout, rows, op, front=front)
+    wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
+    _check_index_range(input=xph, filters=wt, cotangent=gf)
+    phases = []
+    for phase in range(layout.num_phases):
+        if not layout.phase_taps(phase):
+            # No tap reads this phase (a 1x1 or small kernel with a larger stride).
+            phases.append(jnp.zeros((rows, cp), acc_dtype))
+            continue
+        operands = [xph, wt, gf]
+        in_specs = [
+            pl.BlockSpec((None, bs.block_m, bs.block_c), lambda m, c, ph=phase: (ph, m, c)),
+            pl.BlockSpec((layout.num_taps, bs.block_c, op), lambda m, c: (0, c, 0)),
+            pl.BlockSpec(gf.shape, lambda m, c: (0, 0)),
+        ]
+        if p is None:
+            operands.append(_p_operand(p_value, acc_dtype))
+            in_specs.append(pl.BlockSpec((1,), lambda m, c: (0,)))
+        kernel = functools.partial(
+            _input_grad_kernel,
+            layout=layout,
+            phase=phase,
+            front=front,
+            p=p,
+            kind=input_grad,
+            num_o_blocks=op // bs.block_o,
+            acc_dtype=acc_dtype,
+        )
+        phases.append(
+            pl.pallas_call(
+                kernel,
+                out_shape=jax.ShapeDtypeStruct((rows, cp), acc_dtype),
+                grid=(rows // bs.block_m, cp // bs.block_c),
+                in_specs=in_specs,
+                out_specs=pl.BlockSpec((bs.block_m, bs.block_c), lambda m, c: (m, c)),
+                compiler_params=_compiler_params(bs),
+                interpret=interpret,
+                name=f"adder_input_grad_phase{phase}",
+            )(*operands)
+        )
+    return layout_lib.merge_input(jnp.stack(phases), layout, cin)
+
+
+# ------------------------------------------------------------------ filter gradient
+
+
+def _filter_grad_kernel(
+    x_ref, g_ref, w_ref, dw_ref, *, layout, block_m, blocks_per_split, precision
+):
+    block_c, block_o = dw_ref.shape
+    acc_dtype = dw_ref.dtype
+    c0 = pl.program_id(1) * block_c
+    o0 = pl.program_id(2) * block_o
+    phase, offset = _tap_phase_offset(pl.program_id(0), layout)
+    base = pl.program_id(3) * blocks_per_split * block_m
+
+    def body(k, carry):
+        acc, gsum = carry
+        m0 = base + k * block_m
+        xs = x_ref[phase, pl.ds(m0 + offset, block_m), pl.ds(c0, block_c)]
+        gs = g_ref[pl.ds(m0, block_m), pl.ds(o0, block_o)]
+        acc = acc + plgpu.dot(xs, gs, trans_a=True, precision=precision).astype(acc_dtype)
+        return acc, gsum + jnp.sum(gs.astype(acc_dtype), axis=0)
+
+    acc = jnp.zeros((block_c, block_o), acc_dtype)
+    gsum = jnp.zeros((block_o,), acc_dtype)
+    acc, gsum = lax.fori_loop(0, blocks_per_split, body, (acc, gsum))
+    dw_ref[...] = acc - w_ref[...].astype(acc_dtype) * gsum[None, :]
+
+
+# Enough programs for a few waves on a 132-SM H100 before the pixel reduction is split.
+_TARGET_PROGRAMS = 1024
+
+
+def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
+    """``dw[i, j, c, o] = sum_{n, ho, wo} g[n, ho, wo, o] * (xpad[n, ho*s + i, wo*s + j, c] -
+    w[i, j, c, o])``, the full-precision AdderNet filter gradient.
+
+    Args:
+      x, w, strides, pads, block_sizes, interpret: as in `forward` (every block size of the
+        filter gradient must be >= 16, the smallest ``tl.dot``).
+      g: the cotangent of the forward output, (N, Ho, Wo, Cout).
+
+    Returns:
+      (kh, kw, Cin, Cout) in float32 (float64 for float64 inputs).
+    """
+    layout = _check_args(x, w, strides, pads, 1.0, None)
+    if g.shape != (layout.batch, *layout.out_hw, w.shape[3]):
+        raise ValueError(
+            f"g must be the output's shape {(layout.batch, *layout.out_hw, w.shape[3])}, "
+            f"got {g.shape=}"
+        )
+    cin, cout = w.shape[2:]
+    bs = block_sizes or BlockSizes.get_default("filter_grad", in_channels=cin, out_channels=cout)
+    if min(bs.block_m, bs.block_c, bs.block_o) < 16:
+        raise ValueError(f"filter_grad needs every block size >= 16 (tl.dot), got {bs}")
+    acc_dtype = _acc_dtype(x.dtype, w.dtype, g.dtype)
+    # bfloat16/float16 products are exact in float32: keep them on tensor cores. Anything
+    # else is multiplied in float32 (or float64) at full IEEE precision, never TF32.
+    low = x.dtype == g.dtype and x.dtype in (jnp.bfloat16, jnp.float16)
+    dot_dtype, precision = (x.dtype, None) if low else (acc_dtype, lax.Precision.HIGHEST)
+    cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
+    tiles = layout.num_taps * (cp // bs.block_c) * (op // bs.block_o)
+    num_blocks = -(-layout.rows // bs.block_m)
+    splits = bs.splits or max(1, min(num_blocks, -(-_TARGET_PROGRAMS // tiles)))
+    blocks_per_split = -(-num_blocks // splits)
+    splits = -(-num_blocks // blocks_per_split)
+    rows = splits * blocks_per_split * bs.block_m
+    xph = layout_lib.split_input(x.astype(dot_dtype), layout, rows + layout.max_offset, cp)
+    gf = layout_lib.spread_output(g.astype(dot_dtype), layout, rows, op)
+    wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
+    _check_index_range(input=xph, cotangent=gf)
+    kernel = functools.partial(
+        _filter_grad_kernel,
+        layout=layout,
+        block_m=bs.block_m,
+        blocks_per_split=blocks_per_split,
+        precision=precision,
+    )
+    partial_dw = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((splits, layout.num_taps, cp, op), acc_dtype),
+        grid=(layout.num_taps, cp // bs.block_c, op // bs.block_o, splits),
+        in_specs=[
+            pl.BlockSpec(xph.shape, lambda t, c, o, s: (0, 0, 0)),
+            pl.BlockSpec(gf.shape, lambda t, c, o, s: (0, 0)),
+            pl.BlockSpec((None, bs.block_c, bs.block_o), lambda t, c, o, s: (t, c, o)),
+        ],
+        out_specs=pl.BlockSpec(
+            (None, None, bs.block_c, bs.block_o), lambda t, c, o, s: (s, t, c, o)
+        ),
+        compiler_params=_compiler_params(bs),
+        interpret=interpret,
+        name="adder_filter_grad",
+    )(xph, gf, wt)
+    dw = jnp.sum(partial_dw, axis=0)[:, :cin, :cout]
+    return dw.reshape(w.shape)
