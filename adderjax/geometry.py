@@ -1,4 +1,4 @@
-"""Argument checking and the shape arithmetic shared by every implementation of the adder op.
+"""Argument checking, shape arithmetic and the p dispatch shared by every implementation.
 
 Everything here works on static Python values (shapes, strides, padding), so a bad argument
 is reported once, at trace time, with one line that names it.
@@ -171,3 +171,15 @@ def compute_dtype(*dtypes):
     """Low-precision inputs are computed and accumulated in float32, like a conv's accumulator."""
     dtype = jnp.result_type(*dtypes)
     return jnp.promote_types(dtype, jnp.float32)
+
+
+def with_static_p(fn, p, p_static):
+    """Calls fn(p_static); for a traced p, switches to a branch specialised for p = 1 and 2.
+
+    The l_p schedule moves p every epoch inside one compiled step, and ``|d| ** p`` costs an
+    exp and a log per term, so p = 1 (most of training) and p = 2 get their cheap forms.
+    """
+    if p_static is not None:
+        return fn(p_static)
+    index = jnp.where(p == 1, 0, jnp.where(p == 2, 1, 2))
+    return lax.switch(index, [lambda: fn(1.0), lambda: fn(2.0), lambda: fn(None)])

@@ -13,40 +13,65 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from adderjax import geometry, xla
+from adderjax import geometry, pallas, xla
 
 __all__ = ["adder_conv", "adder_dense", "available_implementations", "default_implementation"]
 
 
 def available_implementations() -> tuple[str, ...]:
-    """Implementations that can run on the current default backend."""
-    # The Pallas kernels (kernels/) are not part of this release yet.
+    """Implementations that can run on the current default backend.
+
+    "pallas" (the Triton kernels of `kernels/`) needs a GPU; on any backend it can still run
+    in Pallas interpret mode with ``interpret=True``, slowly, which is how CI tests it.
+    """
+    if jax.default_backend() == "gpu":
+        return ("pallas", "xla")
     return ("xla",)
 
 
 def default_implementation() -> str:
-    """What `implementation=None` picks on the current default backend."""
-    return "xla"
+    """What `implementation=None` picks: the Pallas kernels on GPU, the XLA path elsewhere."""
+    return available_implementations()[0]
 
 
-def _resolve_implementation(implementation) -> str:
+# Internal name of the kernels run in interpret mode (a static argument of the custom_vjp).
+_PALLAS_INTERPRET = "pallas-interpret"
+
+
+def _resolve_implementation(implementation, interpret) -> str:
     implementation = geometry.check_choice(
         "implementation", implementation, geometry.IMPLEMENTATIONS, allow_none=True
     )
+    if not isinstance(interpret, bool):
+        raise ValueError(f"interpret must be a bool, got {interpret!r}")
+    if interpret:
+        if implementation != "pallas":
+            raise ValueError(
+                f"interpret=True runs the Pallas kernels in interpret mode; it needs "
+                f"implementation='pallas', got implementation={implementation!r}"
+            )
+        return _PALLAS_INTERPRET
     if implementation is None:
         return default_implementation()
     if implementation not in available_implementations():
         raise ValueError(
             f"implementation={implementation!r} is not available on backend "
-            f"{jax.default_backend()!r}; available: {available_implementations()}"
+            f"{jax.default_backend()!r} (available: {available_implementations()}); "
+            "pass interpret=True to run the Pallas kernels in interpret mode"
         )
     return implementation
 
 
+def _forward(x, w, p, geom, p_static, implementation):
+    if implementation == "xla":
+        return xla.forward(x, w, p, geom, p_static)
+    return pallas.forward(x, w, p, geom, p_static, interpret=implementation == _PALLAS_INTERPRET)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
 def _adder_conv(x, w, p, geom, p_static, input_grad, implementation):
-    del input_grad, implementation
-    y = xla.forward(x, w, p, geom, p_static)
+    del input_grad
+    y = _forward(x, w, p, geom, p_static, implementation)
     return y.astype(jnp.result_type(x.dtype, w.dtype))
 
 
@@ -56,10 +81,14 @@ def _adder_conv_fwd(x, w, p, geom, p_static, input_grad, implementation):
 
 
 def _adder_conv_bwd(geom, p_static, input_grad, implementation, res, g):
-    del implementation
     x, w, p = res
-    dx = xla.input_grad(x, w, g, p, geom, p_static, input_grad)
-    dw = xla.filter_grad(x, w, g, geom)
+    if implementation == "xla":
+        dx = xla.input_grad(x, w, g, p, geom, p_static, input_grad)
+        dw = xla.filter_grad(x, w, g, geom)
+    else:
+        interpret = implementation == _PALLAS_INTERPRET
+        dx = pallas.input_grad(x, w, g, p, geom, p_static, input_grad, interpret=interpret)
+        dw = pallas.filter_grad(x, w, g, geom, interpret=interpret)
     return dx.astype(x.dtype), dw.astype(w.dtype), jnp.zeros_like(p)
 
 
@@ -83,6 +112,7 @@ def adder_conv(
     p=1.0,
     input_grad="hardtanh",
     implementation=None,
+    interpret=False,
 ):
     """Adder convolution: the negative l_p distance between every input patch and every filter.
 
@@ -99,8 +129,12 @@ def adder_conv(
         (the l_p schedule of arXiv:2105.14202 changes it without recompiling).
       input_grad: "hardtanh", the input gradient ``sum_o g * clip(w - x, -1, 1)``, or "lp",
         ``sum_o g * sign(w - x) * |w - x| ** (p - 1)``.
-      implementation: None (the best for the current backend), "xla" or "pallas". A named
-        implementation that cannot run here raises; it never falls back silently.
+      implementation: None (the best for the current backend: "pallas" on GPU, "xla"
+        elsewhere), "xla" (XLA operations, any backend) or "pallas" (the Triton kernels of
+        `kernels/`, GPU). A named implementation that cannot run here raises; it never
+        falls back silently.
+      interpret: with implementation="pallas", run the kernels in Pallas interpret mode on
+        any backend (slow; for testing them without a GPU).
 
     Returns:
       (N, Ho, Wo, Cout) with the dtype of ``x + w``. Its VJP gives the filter the
@@ -122,12 +156,12 @@ def adder_conv(
     geometry.check_float_array("w", w)
     geom = geometry.conv_geometry(x.shape, w.shape, strides, padding)
     input_grad = geometry.check_choice("input_grad", input_grad, geometry.INPUT_GRADS)
-    implementation = _resolve_implementation(implementation)
+    implementation = _resolve_implementation(implementation, interpret)
     p, p_static = _static_p(p, geometry.compute_dtype(x.dtype, w.dtype))
     return _adder_conv(x, w, p, geom, p_static, input_grad, implementation)
 
 
-def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None):
+def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None, interpret=False):
     """Adder dense layer: ``y[..., o] = -sum_i |x[..., i] - w[i, o]| ** p``.
 
     A 1x1 adder convolution over a 1x1 image, with the same gradients and arguments as
@@ -136,7 +170,7 @@ def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None):
     Args:
       x: input, (..., din), floating, at least rank 1.
       w: weights, (din, dout), floating.
-      p, input_grad, implementation: as in `adder_conv`.
+      p, input_grad, implementation, interpret: as in `adder_conv`.
 
     Returns:
       (..., dout) with the dtype of ``x + w``.
@@ -165,5 +199,6 @@ def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None):
         p=p,
         input_grad=input_grad,
         implementation=implementation,
+        interpret=interpret,
     )
     return y.reshape(*batch, w.shape[1])

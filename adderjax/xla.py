@@ -58,18 +58,6 @@ def _lp_grad(d, p, p_static):
     return jnp.sign(d) * jnp.abs(d) ** q
 
 
-def _with_p(fn, p, p_static):
-    """Calls fn(p_static); for a traced p, switches to a branch specialised for p = 1 and 2.
-
-    The l_p schedule moves p every epoch inside one compiled step, and ``|d| ** p`` costs an
-    exp and a log per term, so p = 1 (most of training) and p = 2 get their cheap forms.
-    """
-    if p_static is not None:
-        return fn(p_static)
-    index = jnp.where(p == 1, 0, jnp.where(p == 2, 1, 2))
-    return lax.switch(index, [lambda: fn(1.0), lambda: fn(2.0), lambda: fn(None)])
-
-
 def _chunks(total: int, target: int) -> tuple[int, int]:
     """(number of chunks, chunk size) covering `total` with the least padding."""
     n = math.ceil(total / max(1, target))
@@ -149,7 +137,7 @@ def forward(x, w, p, geom: geometry.ConvGeometry, p_static):
             return 2 * xw - sx2 - sw2
         return _sum_taps(xc, wc, geom, lambda a, b: -_abs_pow(a - b, p, p_static), cd)
 
-    return _with_p(run, p, p_static)
+    return geometry.with_static_p(run, p, p_static)
 
 
 def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
@@ -225,7 +213,7 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
 
     if mode == "hardtanh":
         return run(1.0)  # the hardtanh rule does not depend on p
-    return _with_p(run, p, p_static)
+    return geometry.with_static_p(run, p, p_static)
 
 
 def _input_grad_phase(xph_fn, ws, gp, offset, mode, lp_grad):

@@ -3,6 +3,7 @@
 import math
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ def assert_close(actual, expected, dtype, reduction, what):
 
 
 def check_against_reference(
-    x_shape, w_shape, strides, padding, p, input_grad, dtype=jnp.float32, seed=0
+    x_shape, w_shape, strides, padding, p, input_grad, dtype=jnp.float32, seed=0, **op_kwargs
 ):
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.normal(size=x_shape), dtype)
@@ -38,8 +39,11 @@ def check_against_reference(
     ref_dtype = jnp.float64 if dtype == jnp.float64 else jnp.float32
     xr, wr = x.astype(ref_dtype), w.astype(ref_dtype)
 
-    fn = lambda a, b: adderjax.adder_conv(a, b, strides, padding, p=p, input_grad=input_grad)
-    y, vjp = jax.vjp(fn, x, w)
+    fn = lambda a, b: adderjax.adder_conv(
+        a, b, strides, padding, p=p, input_grad=input_grad, **op_kwargs
+    )
+    # The interpreted kernels run as one compiled program; eagerly they compile op by op.
+    y, vjp = jax.vjp(jax.jit(fn) if op_kwargs else fn, x, w)
     assert y.dtype == dtype
     g = jnp.asarray(rng.normal(size=y.shape), dtype)
     dx, dw = vjp(g)
@@ -252,18 +256,115 @@ def test_dense_bad_arguments(x, w, match):
         adderjax.adder_dense(x, w)
 
 
-def test_pallas_never_falls_back_silently():
+def test_pallas_off_gpu_raises_instead_of_falling_back():
     if "pallas" in adderjax.available_implementations():
-        pytest.skip("Pallas is available here; the kernel tests cover it")
-    with pytest.raises(ValueError, match=r"implementation='pallas' is not available"):
+        pytest.skip("Pallas runs here; the kernel tests cover it")
+    with pytest.raises(ValueError, match=r"implementation='pallas' is not available.*interpret"):
         adderjax.adder_conv(X, W, implementation="pallas")
 
 
-def test_default_implementation_is_xla_off_gpu():
-    if jax.default_backend() != "gpu":
-        assert adderjax.default_implementation() == "xla"
-    y = adderjax.adder_conv(X, W, implementation=None)
-    np.testing.assert_array_equal(y, adderjax.adder_conv(X, W, implementation="xla"))
+def test_default_implementation_is_pallas_on_gpu_only():
+    expected = "pallas" if jax.default_backend() == "gpu" else "xla"
+    assert adderjax.default_implementation() == expected
+    assert expected in adderjax.available_implementations()
+    assert _pallas_calls(lambda x, w: adderjax.adder_conv(x, w), X, W) == (
+        ["adder_forward"] if expected == "pallas" else []
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(interpret=True), r"interpret=True .* needs implementation='pallas', got .*None"),
+        (dict(implementation="xla", interpret=True), r"needs implementation='pallas'"),
+        (dict(implementation="pallas", interpret=1), r"interpret must be a bool"),
+    ],
+)
+def test_interpret_needs_pallas(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        adderjax.adder_conv(X, W, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def _pallas_calls(fn, *args) -> list[str]:
+    """Names of the Pallas kernels in fn's jaxpr, nested jaxprs included."""
+    names = []
+
+    def visit(jaxpr):
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == "pallas_call":
+                names.append(eqn.params["name"])
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(fn)(*args).jaxpr)
+    return sorted(names)
+
+
+PALLAS = dict(implementation="pallas", interpret=True)
+
+
+def test_pallas_runs_the_kernels_not_the_xla_path():
+    def fb(x, w):
+        y, vjp = jax.vjp(lambda a, b: adderjax.adder_conv(a, b, (2, 2), **PALLAS), x, w)
+        return y, vjp(y)
+
+    expected = ["adder_filter_grad", "adder_forward"]
+    expected += [f"adder_input_grad_phase{ph}" for ph in range(4)]
+    assert _pallas_calls(fb, X, W) == sorted(expected)
+    xla_fb = lambda x, w: jax.vjp(lambda a, b: adderjax.adder_conv(a, b, (2, 2)), x, w)
+    assert _pallas_calls(xla_fb, X, W) == []
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding, p, input_grad",
+    [
+        ((2, 7, 6, 3), (3, 3, 3, 10), (1, 1), "SAME", 1.0, "hardtanh"),
+        ((2, 9, 8, 5), (3, 3, 5, 6), (2, 2), "SAME", 1.5, "lp"),
+        ((3, 6, 6, 10), (1, 1, 10, 3), (2, 2), "VALID", 2.0, "lp"),
+    ],
+)
+def test_pallas_interpret_matches_reference(x_shape, w_shape, strides, padding, p, input_grad):
+    check_against_reference(x_shape, w_shape, strides, padding, p, input_grad, **PALLAS)
+
+
+def test_pallas_traced_p_matches_xla_path():
+    """One compiled step for the whole l_p schedule: p is an argument, not a constant."""
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 7, 7, 3)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(3, 3, 3, 4)), jnp.float32)
+
+    def value_and_grad(**kw):
+        def loss(x, w, p):
+            y = adderjax.adder_conv(x, w, (2, 2), p=p, input_grad="lp", **kw)
+            return jnp.sum(jnp.sin(y))
+
+        return jax.jit(jax.value_and_grad(loss, (0, 1)))
+
+    pallas, xla = value_and_grad(**PALLAS), value_and_grad()
+    for p in (1.0, 1.5, 2.0):
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+            pallas(x, w, jnp.float32(p)),
+            xla(x, w, jnp.float32(p)),
+        )
+    assert pallas._cache_size() == 1
+
+
+def test_pallas_dense_matches_xla_path():
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(3, 5, 20)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(20, 7)), jnp.float32)
+
+    def fb(**kw):
+        y, vjp = jax.vjp(lambda a, b: adderjax.adder_dense(a, b, **kw), x, w)
+        return y, vjp(jnp.ones_like(y))
+
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4),
+        jax.jit(lambda: fb(**PALLAS))(),
+        jax.jit(fb)(),
+    )
 
 
 def test_docstring_examples_run():

@@ -1,0 +1,155 @@
+"""The Pallas path of the op lowered for CUDA, for every adder layer of ResNet-20, VGG-small and
+ResNet-50, at batch 256 and 32.
+
+Lowering runs the whole Triton lowering of each kernel on the CPU. It catches what interpret
+mode cannot: a non-power-of-two block, a primitive without a Triton lowering, an index that
+only fails in Triton's integer types. The lowered module must hold exactly the expected
+Triton kernels (names included), so a silent fall-back to the XLA path fails too.
+"""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from adderjax import geometry, ops
+
+SAME, VALID = ((1, 1), (1, 1)), ((0, 0), (0, 0))
+
+# name: ((H, W, Cin), (kh, kw), Cout, stride, pads); a dense layer is (1, 1, din) 1x1 VALID.
+LAYERS = {
+    "resnet20": {
+        "conv1": ((32, 32, 3), (3, 3), 16, 1, SAME),
+        "stage1": ((32, 32, 16), (3, 3), 16, 1, SAME),
+        "stage2_down": ((32, 32, 16), (3, 3), 32, 2, SAME),
+        "stage2": ((16, 16, 32), (3, 3), 32, 1, SAME),
+        "stage2_shortcut": ((32, 32, 16), (1, 1), 32, 2, VALID),
+        "stage3_down": ((16, 16, 32), (3, 3), 64, 2, SAME),
+        "stage3": ((8, 8, 64), (3, 3), 64, 1, SAME),
+        "stage3_shortcut": ((16, 16, 32), (1, 1), 64, 2, VALID),
+        "fc": ((1, 1, 64), (1, 1), 10, 1, VALID),
+    },
+    "vgg_small": {
+        "conv1": ((32, 32, 3), (3, 3), 128, 1, SAME),
+        "conv2": ((32, 32, 128), (3, 3), 128, 1, SAME),
+        "conv3": ((16, 16, 128), (3, 3), 256, 1, SAME),
+        "conv4": ((16, 16, 256), (3, 3), 256, 1, SAME),
+        "conv5": ((8, 8, 256), (3, 3), 512, 1, SAME),
+        "conv6": ((8, 8, 512), (3, 3), 512, 1, SAME),
+        "fc": ((1, 1, 8192), (1, 1), 10, 1, VALID),
+    },
+    "resnet50": {
+        "stem": ((224, 224, 3), (7, 7), 64, 2, ((3, 3), (3, 3))),
+        "s1_reduce_in": ((56, 56, 64), (1, 1), 64, 1, VALID),
+        "s1_3x3": ((56, 56, 64), (3, 3), 64, 1, SAME),
+        "s1_expand": ((56, 56, 64), (1, 1), 256, 1, VALID),
+        "s1_reduce": ((56, 56, 256), (1, 1), 64, 1, VALID),
+        "s2_reduce_in": ((56, 56, 256), (1, 1), 128, 1, VALID),
+        "s2_3x3_down": ((56, 56, 128), (3, 3), 128, 2, SAME),
+        "s2_expand": ((28, 28, 128), (1, 1), 512, 1, VALID),
+        "s2_shortcut": ((56, 56, 256), (1, 1), 512, 2, VALID),
+        "s2_reduce": ((28, 28, 512), (1, 1), 128, 1, VALID),
+        "s2_3x3": ((28, 28, 128), (3, 3), 128, 1, SAME),
+        "s3_reduce_in": ((28, 28, 512), (1, 1), 256, 1, VALID),
+        "s3_3x3_down": ((28, 28, 256), (3, 3), 256, 2, SAME),
+        "s3_expand": ((14, 14, 256), (1, 1), 1024, 1, VALID),
+        "s3_shortcut": ((28, 28, 512), (1, 1), 1024, 2, VALID),
+        "s3_reduce": ((14, 14, 1024), (1, 1), 256, 1, VALID),
+        "s3_3x3": ((14, 14, 256), (3, 3), 256, 1, SAME),
+        "s4_reduce_in": ((14, 14, 1024), (1, 1), 512, 1, VALID),
+        "s4_3x3_down": ((14, 14, 512), (3, 3), 512, 2, SAME),
+        "s4_expand": ((7, 7, 512), (1, 1), 2048, 1, VALID),
+        "s4_shortcut": ((14, 14, 1024), (1, 1), 2048, 2, VALID),
+        "s4_reduce": ((7, 7, 2048), (1, 1), 512, 1, VALID),
+        "s4_3x3": ((7, 7, 512), (3, 3), 512, 1, SAME),
+        "fc": ((1, 1, 2048), (1, 1), 1000, 1, VALID),
+    },
+}
+PARAMS = [
+    pytest.param(net, layer, batch, id=f"{net}-{layer}-b{batch}")
+    for net, layers in LAYERS.items()
+    for layer in layers
+    for batch in (256, 32)
+]
+TRITON_CALL = re.compile(r'custom_call @__gpu\$xla\.gpu\.triton\(.*?name = "([a-z_0-9]+)"')
+
+
+def _layer(net, layer, batch, dtype=jnp.float32):
+    (h, w, cin), kernel, cout, stride, pads = LAYERS[net][layer]
+    x = jax.ShapeDtypeStruct((batch, h, w, cin), dtype)
+    f = jax.ShapeDtypeStruct((*kernel, cin, cout), dtype)
+    geom = geometry.conv_geometry(x.shape, f.shape, stride, pads)
+    g = jax.ShapeDtypeStruct((batch, *geom.out_hw, cout), dtype)
+    return x, f, g, geom
+
+
+def _op(geom, p_static=1.0, input_grad="hardtanh"):
+    # The private custom_vjp: the public op refuses "pallas" on a host without a GPU, before
+    # anything could be lowered for one.
+    def op(x, w, p):
+        return ops._adder_conv(x, w, p, geom, p_static, input_grad, "pallas")
+
+    return op
+
+
+def _cuda_kernels(fn, *args) -> list[str]:
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+    return sorted(TRITON_CALL.findall(text))
+
+
+def _input_grad_calls(geom):
+    (sh, sw), (kh, kw) = geom.strides, geom.kernel_hw
+    phases = [a * sw + b for a in range(min(sh, kh)) for b in range(min(sw, kw))]
+    return [f"adder_input_grad_phase{ph}" for ph in phases]
+
+
+@pytest.mark.parametrize("net, layer, batch", PARAMS)
+def test_forward_and_vjp_lower_to_triton_for_cuda(net, layer, batch):
+    x, w, g, geom = _layer(net, layer, batch)
+    op = _op(geom)
+    p = jax.ShapeDtypeStruct((), jnp.float32)
+    assert _cuda_kernels(op, x, w, p) == ["adder_forward"]
+
+    def vjp(x, w, p, g):
+        y, pullback = jax.vjp(op, x, w, p)
+        return y, pullback(g)
+
+    expected = sorted(["adder_forward", "adder_filter_grad", *_input_grad_calls(geom)])
+    assert _cuda_kernels(vjp, x, w, p, g) == expected
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_low_precision_lowers(dtype):
+    x, w, g, geom = _layer("resnet20", "stage2_down", 32, dtype)
+    p = jax.ShapeDtypeStruct((), jnp.float32)
+
+    def vjp(x, w, p, g):
+        return jax.vjp(_op(geom), x, w, p)[1](g)
+
+    assert "adder_filter_grad" in _cuda_kernels(vjp, x, w, p, g)
+
+
+def test_traced_p_and_lp_input_grad_lower():
+    x, w, g, geom = _layer("resnet20", "stage2_down", 32)
+    p = jax.ShapeDtypeStruct((), jnp.float32)
+
+    def vjp(x, w, p, g):
+        y, pullback = jax.vjp(_op(geom, p_static=None, input_grad="lp"), x, w, p)
+        return y, pullback(g)
+
+    # A traced p switches between kernels specialised for p = 1, p = 2 and any p.
+    calls = _cuda_kernels(vjp, x, w, p, g)
+    assert calls.count("adder_forward") == 3
+    assert calls.count("adder_input_grad_phase0") == 3
+    assert calls.count("adder_filter_grad") == 1
+
+
+def test_xla_path_lowers_without_triton():
+    x, w, g, geom = _layer("resnet20", "stage2_down", 32)
+
+    def op(x, w, p):
+        return ops._adder_conv(x, w, p, geom, 1.0, "hardtanh", "xla")
+
+    p = jax.ShapeDtypeStruct((), jnp.float32)
+    assert _cuda_kernels(lambda x, w, p, g: jax.vjp(op, x, w, p)[1](g), x, w, p, g) == []
