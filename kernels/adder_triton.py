@@ -24,33 +24,43 @@ take ``block_sizes`` (`BlockSizes`, default `BlockSizes.get_default`) and ``inte
 
 Roofline on paper for an H100 SXM (not measured: no GPU has been available)
 ------------------------------------------------------------------------------
-The adder term ``acc += |x - w|`` is two FP32 instructions on CUDA cores (FADD, then FADD
-with an |.| operand modifier); tensor cores cannot do it. 132 SMs x 128 FP32 lanes x 1.83
-GHz = 31 T instr/s, so the peak is **15.5 T adder terms/s** (against 495 TFLOP/s dense
-TF32 and 990 BF16 on tensor cores for a convolution: a 32-64x handicap for the same layer).
-HBM3 moves 3.35 TB/s, so a kernel is compute bound when it does more than 4.6 terms per
-byte. The forward does ``N*Ho*Wo*Cout*kh*kw*Cin`` terms and moves ``4 * (|x| + |w| + |y|)``
-bytes; every layer below does >= 16 terms per byte (1x1 layers fewest), so all are compute
-bound and the expected forward time is terms / 15.5 T/s. The input gradient has the same
-term count at 3-4 instructions per term (subtract, clamp, FMA: ~10 T terms/s); the filter
-gradient is a real matrix product (IEEE FP32 on CUDA cores, 67 TFLOP/s) plus a cheap sum.
-The phase-flat layout computes ``Hq*Wq / (Ho*Wo)`` more pixels than needed (1.07-1.65x,
-included below).
+Tensor cores cannot compute ``|x - w|``: the adder terms run on the FP32 CUDA cores,
+132 SMs x 128 lanes x 1.98 GHz = 33.5 T instructions/s (HBM3: 3.35 TB/s). Instructions
+per term: forward ``acc + |x - w|`` 2 (FADD, then FADD with an |.| operand modifier), so
+16.7 T terms/s against the 247 T multiply-adds/s (495 TFLOP/s) of the TF32 tensor cores
+that a convolution gets: a ~15x handicap for the same layer; input gradient
+``acc + g * clip(w - x)`` 4 (FADD, two FMNMX, FFMA); filter gradient ``x^T g`` 1 FFMA
+(IEEE fp32 ``tl.dot``, no tensor cores).
+Bytes: each kernel reads its operands once and writes its output, plus one read and write
+of every layout copy (`kernels.layout`). Terms include the grid points that the phase-flat
+layout computes and discards. `benchmarks/kernels.py --roofline` prints this table; on a
+GPU, `benchmarks/kernels.py` prints the measured times beside it.
 
-================================  ==========  ===============  ==============
-layer (batch 256)                 G terms     forward (ms)     fwd+bwd (ms)
-================================  ==========  ===============  ==============
-ResNet-20 3x3 16->16 @32x32           9.7         0.70            2.3
-ResNet-20 3x3 32->32 @16x16           9.7         0.80            2.6
-ResNet-20 3x3 64->64 @8x8             9.7         0.98            3.2
-ResNet-20 whole network (19 adder)   41.0         3.1            10.1
-ResNet-50 3x3 64->64 @56x56         29.6         2.0             6.7
-ResNet-50 3x3 512->512 @7x7         29.6         3.2            10.4
-ResNet-50 whole network (52 adder)  1070          86             280
-================================  ==========  ===============  ==============
+=============================  =======  ==========  ==========  ==========  ========
+shape (batch)                  G terms  fwd us      dx us       dw us       f+b us
+=============================  =======  ==========  ==========  ==========  ========
+r20 32x32 16->16 3x3 (128)      0.34     20 comp.    41 comp.    16 mem.       77
+r20 32x32 16->32 3x3 s2 (128)   0.17     12 mem.     20 comp.    12 mem.       45
+r20 32x32 16->32 1x1 s2 (128)   0.02     11 mem.     16 mem.     11 mem.       39
+r20 16x16 32->32 3x3 (128)      0.38     23 comp.    46 comp.    11 comp.      80
+r20 16x16 32->64 3x3 s2 (128)   0.19     11 comp.    23 comp.     7 mem.       41
+r20 16x16 32->64 1x1 s2 (128)   0.02      6 mem.      8 mem.      6 mem.       19
+r20 8x8 64->64 3x3 (128)        0.47     28 comp.    56 comp.    14 comp.      99
+r50 56x56 64->64 1x1 (32)       0.41     46 mem.     61 mem.     46 mem.      153
+r50 56x56 64->64 3x3 (32)       3.97    237 comp.   474 comp.   119 comp.     830
+r50 56x56 64->256 1x1 (32)      1.64    115 mem.    197 comp.   115 mem.      427
+r50 28x28 128->128 3x3 (32)     4.25    254 comp.   508 comp.   127 comp.     889
+r50 14x14 256->256 3x3 (32)     4.83    289 comp.   578 comp.   144 comp.    1011
+r50 7x7 512->512 3x3 (32)       6.12    366 comp.   731 comp.   183 comp.    1280
+r50 14x14 1024->256 1x1 (32)    1.64     98 comp.   197 comp.    49 comp.     344
+=============================  =======  ==========  ==========  ==========  ========
 
-A measured kernel at 30-50% of these peaks would be in line with Triton on CUDA-core
-workloads; AdderNetCUDA reports ~5x the reference PyTorch code for ResNet-20 training.
+So the 3x3 layers are compute bound (a ResNet-50 3x3 layer at batch 32 needs >= 0.24 ms
+forward where a TF32 convolution needs 0.016 ms at its peak), and the 1x1 and stride-2 layers
+sit near the memory roof, where the layout copies are a large part of the bytes.
+Triton kernels on CUDA-core workloads typically reach 30-60% of such a peak; a measured
+forward at 2-3x the table is in line, and 10x would point at register spills or a poor
+tile choice (`BlockSizes`).
 """
 
 from __future__ import annotations
