@@ -26,6 +26,11 @@ CASES = {
     "3x3_negative_pad": ((2, 8, 8, 3), (3, 3, 3, 4), (1, 1), ((-1, 1), (1, -2))),
     "3x3_one_pixel": ((1, 3, 3, 2), (3, 3, 2, 3), (1, 1), ((0, 0), (0, 0))),
 }
+# (case, tiles) pairs: every case with small tiles, and the default tiles (one or two
+# blocks at these sizes) on a few.
+TILED = [(name, "small") for name in sorted(CASES)] + [
+    (name, "default") for name in ("3x3_c3_o10", "7x7_s2_c3_o5", "1x1_c17_o20")
+]
 # Small tiles, so that every axis of every grid has several blocks and a ragged last one.
 SMALL = {
     "forward": kernels.BlockSizes(block_m=16, block_c=2, block_o=4),
@@ -93,8 +98,7 @@ class TestAdderTriton:
     def filter_grad(self, x, w, g, **static):
         return _jit(kernels.filter_grad, x, w, g, interpret=self.INTERPRET, **static)
 
-    @pytest.mark.parametrize("name", sorted(CASES))
-    @pytest.mark.parametrize("tiles", ["default", "small"])
+    @pytest.mark.parametrize("name, tiles", TILED)
     def test_forward_matches_reference(self, name, tiles):
         x, w, _, geo = _case(name)
         bs = SMALL["forward"] if tiles == "small" else None
@@ -116,8 +120,7 @@ class TestAdderTriton:
         assert dx.shape == x.shape and dx.dtype == jnp.float32
         np.testing.assert_allclose(dx, expect, rtol=1e-5, atol=_tol(jnp.float32, reduction))
 
-    @pytest.mark.parametrize("name", sorted(CASES))
-    @pytest.mark.parametrize("tiles", ["default", "small"])
+    @pytest.mark.parametrize("name, tiles", TILED)
     def test_filter_grad_matches_reference(self, name, tiles):
         x, w, g, geo = _case(name)
         bs = SMALL["filter_grad"] if tiles == "small" else None
