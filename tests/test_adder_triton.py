@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 import kernels
 from adderjax import reference
@@ -40,7 +42,10 @@ SMALL = {
 
 
 def _case(name, dtype=jnp.float32, seed=0):
-    x_shape, w_shape, strides, pads = CASES[name]
+    return _arrays(*CASES[name], dtype=dtype, seed=seed)
+
+
+def _arrays(x_shape, w_shape, strides, pads, dtype=jnp.float32, seed=0):
     # numpy draws: jax.random compiles anew for every shape, seconds each on CPU.
     rng = np.random.default_rng(seed)
     x = jnp.asarray(rng.standard_normal(x_shape), dtype)
@@ -129,6 +134,26 @@ class TestAdderTriton:
         reduction = g.size // g.shape[-1]
         assert dw.shape == w.shape and dw.dtype == jnp.float32
         np.testing.assert_allclose(dw, expect, rtol=1e-5, atol=_tol(jnp.float32, reduction) * 4)
+
+    @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data=st.data())
+    def test_random_shapes_match_reference(self, data):
+        kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))
+        strides = (data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3)))
+        pads = tuple((data.draw(st.integers(0, 2)), data.draw(st.integers(0, 2))) for _ in "hw")
+        h = data.draw(st.integers(max(1, kh - sum(pads[0])), 9))
+        wd = data.draw(st.integers(max(1, kw - sum(pads[1])), 9))
+        cin, cout = data.draw(st.integers(1, 20)), data.draw(st.integers(1, 20))
+        n = data.draw(st.integers(1, 3))
+        x, w, g, geo = _arrays((n, h, wd, cin), (kh, kw, cin, cout), strides, pads, seed=h * wd)
+        y = self.forward(x, w, block_sizes=SMALL["forward"], **geo)
+        dx = self.input_grad(x, w, g, block_sizes=SMALL["input_grad"], **geo)
+        dw = self.filter_grad(x, w, g, block_sizes=SMALL["filter_grad"], **geo)
+        expect_dx, expect_dw = _reference_backward(x, w, g, geo)
+        k = kh * kw * cin
+        np.testing.assert_allclose(y, _reference_forward(x, w, geo), rtol=1e-6, atol=1e-5 * k)
+        np.testing.assert_allclose(dx, expect_dx, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(dw, expect_dw, rtol=1e-5, atol=1e-4 * math.sqrt(g.size))
 
     @pytest.mark.parametrize("p", [1.0, 2.0, 1.5, 1.25])
     def test_static_and_runtime_p_agree_with_reference(self, p):

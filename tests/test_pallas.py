@@ -220,10 +220,12 @@ def test_kernels_compile_to_sm90_cubins_without_spills(tmp_path):
             return y, pullback(g)
 
         for name, warps, stages, text in _triton_modules(vjp, x, w, p, g):
-            # One kernel per kind and set of tile shapes: the others differ from it only in
-            # sizes and index arithmetic, not in what decides registers and shared memory.
-            tiles = tuple(sorted(set(re.findall(r"tensor<[^>]*>", text))))
-            key = (name.rstrip("0123456789"), warps, stages, tiles)
+            # One kernel per kind, set of tile shapes and set of operations (p = 1, 2 or any
+            # p): the others differ from it only in sizes and index arithmetic, not in what
+            # decides registers and shared memory.
+            tiles = frozenset(re.findall(r"tensor<[^>]*>", text))
+            operations = frozenset(re.findall(r"= ([a-z_]+\.[a-z_.]+)", text))
+            key = (name.rstrip("0123456789"), warps, stages, tiles, operations)
             distinct.setdefault(key, (f"{net}-{layer}-{name}", warps, stages, text))
     for i, (label, warps, stages, text) in enumerate(distinct.values()):
         (tmp_path / f"{i:03d}-{label}.w{warps}.s{stages}.ttir").write_text(text)
