@@ -1,10 +1,11 @@
 """adderjax: AdderNets in JAX and Flax.
 
 The adder op (`adder_conv`, `adder_dense`) with the AdderNet gradients, its plain reference
-(`adderjax.reference`), Flax layers (`adderjax.nn` for linen, `adderjax.nnx` for NNX) and the
-adaptive-learning-rate optimizer (`adderjax.optim`).
+(`adderjax.reference`), Flax layers (`adderjax.nn` for linen, `adderjax.nnx` for NNX), the
+adaptive-learning-rate optimizer (`adderjax.optim`) and the model zoo (`adderjax.models`).
 """
 
+from adderjax import models as models
 from adderjax import nn as nn
 from adderjax import nnx as nnx
 from adderjax import optim as optim
