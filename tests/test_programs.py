@@ -1,0 +1,178 @@
+"""The programs as a user runs them: `python -m train.mnist / cifar / imagenet / eval`.
+
+Each runs in a subprocess for a few steps, on tiny files in the real formats or inside
+`tfds.testing.mock_data`, checkpoints, and resumes from the checkpoint; bad input stops with
+one line on stderr and exit status 2, never a traceback.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import datafiles
+import pytest
+from conftest import CACHE_DIR
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+# Runs a program module inside tfds' mock: fake records, no files, no network.
+MOCK_RUNNER = """
+import runpy, sys
+import tensorflow_datasets as tfds
+module, n = sys.argv[1], int(sys.argv[2])
+sys.argv = [module] + sys.argv[3:]
+with tfds.testing.mock_data(num_examples=n):
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+SMALL = [
+    "--config.num_train_steps=2",
+    "--config.batch_size=4",
+    "--config.eval_batch_size=4",
+    "--config.steps_per_eval=2",
+    "--config.log_every_steps=1",
+    "--config.plots=False",
+]
+
+
+def _run(args, *, env=None, mock_examples=None):
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": CACHE_DIR,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5",
+        **(env or {}),
+    }
+    if mock_examples is None:
+        cmd = [sys.executable, "-m", *args]
+    else:
+        cmd = [sys.executable, "-c", MOCK_RUNNER, args[0], str(mock_examples), *args[1:]]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def _final_line(proc):
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("final test accuracy")]
+    assert lines, proc.stdout + proc.stderr[-2000:]
+    return lines[-1]
+
+
+def test_mnist_on_idx_files_trains_resumes_and_evaluates(tmp_path):
+    data = datafiles.write_idx_dir(tmp_path / "data", num_train=40, num_test=10)
+    workdir = tmp_path / "w"
+    args = ["train.mnist", f"--workdir={workdir}", f"--config.data_dir={data}", *SMALL]
+    assert "step 2)" in _final_line(_ok(_run(args)))
+    resumed = _ok(_run([*args, "--config.num_train_steps=4"]))
+    assert "step 4)" in _final_line(resumed)
+    train_steps = [
+        m["step"] for m in map(json.loads, open(workdir / "metrics.jsonl")) if m["split"] == "train"
+    ]
+    assert train_steps == [1, 2, 3, 4]  # the second run started at step 3
+    out = _ok(_run(["train.eval", f"--workdir={workdir}", f"--output={tmp_path / 'e.json'}"]))
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["step"] == 4 and result["count"] == 10
+    assert "lenet5_bn (adder) on fashion_mnist, step 4: top-1" in out.stdout
+
+
+def test_cifar_on_pickle_files_with_grain_workers(tmp_path):
+    """The CIFAR-10 pickles through two grain worker processes, and resume of the workers'
+    iterator state from the checkpoint (a small model: ResNet-20 runs in the mock test)."""
+    data = datafiles.write_cifar10_dir(tmp_path / "data", num_train=24, num_test=8)
+    args = [
+        "train.cifar",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.data_format=cifar_pickle",
+        f"--config.data_dir={data}",
+        "--config.worker_count=2",
+        "--config.model=lenet5_bn",
+        *SMALL,
+    ]
+    assert "(8 images, step 2)" in _final_line(_ok(_run(args)))
+    assert "step 3)" in _final_line(_ok(_run([*args, "--config.num_train_steps=3"])))
+
+
+def test_cifar100_config_file(tmp_path):
+    data = datafiles.write_cifar100_dir(tmp_path / "data", num_train=16, num_test=4)
+    args = [
+        "train.cifar",
+        "--config=train/configs/cifar100.py",
+        f"--workdir={tmp_path / 'w'}",
+        "--config.data_format=cifar_pickle",
+        f"--config.data_dir={data}",
+        "--config.worker_count=0",
+        "--config.model=lenet5_bn",
+        *SMALL,
+    ]
+    _ok(_run(args))
+    meta = json.loads((tmp_path / "w" / "results.json").read_text())
+    assert meta["count"] == 4
+
+
+@pytest.mark.parametrize(
+    ("module", "extra"),
+    [
+        ("train.mnist", ["--config.data_format=tfds"]),
+        ("train.cifar", []),
+        # Mock ImageNet has random image sizes: random resized crop, resize and center crop.
+        # ResNet-18 and small crops keep the CPU compile and step short (ResNet-50's shapes
+        # are checked in test_models.py).
+        ("train.imagenet", ["--config.image_size=32", "--config.model=resnet18"]),
+    ],
+)
+def test_programs_under_tfds_mock(tmp_path, module, extra):
+    args = [module, f"--workdir={tmp_path}", "--config.worker_count=0", *SMALL, *extra]
+    proc = _ok(_run(args, mock_examples=8))
+    assert "(8 images, step 2)" in _final_line(proc)
+    proc = _ok(_run([*args, "--config.num_train_steps=3"], mock_examples=8))
+    assert "step 3)" in _final_line(proc)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "2",
+        "3",
+    ]
+
+
+def _one_line_error(proc, expected):
+    assert proc.returncode == 2, (proc.stdout, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    assert expected in errors[0], errors[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--config.model=resnet1000"], "config.model='resnet1000' is invalid: expected one of"),
+        (["--config.dataset=svhn"], "config.dataset='svhn' is invalid"),
+        (["--config.num_epochs=-3"], "config.num_epochs=-3 is invalid: expected an integer >= 1"),
+        (
+            ["--config.dataset=mnist", "--config.data_dir=/nonexistent/mnist"],
+            "/nonexistent/mnist",
+        ),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, args, expected):
+    _one_line_error(_run(["train.mnist", f"--workdir={tmp_path}", *args]), expected)
+
+
+def test_missing_tfds_data_says_how_to_provide_it(tmp_path):
+    proc = _run(["train.cifar", f"--workdir={tmp_path}", f"--config.data_dir={tmp_path}/none"])
+    _one_line_error(proc, "cifar10")
+    assert "tfds build" in proc.stderr
+
+
+def test_batch_not_divisible_by_the_device_count(tmp_path):
+    proc = _run(
+        ["train.mnist", f"--workdir={tmp_path}", "--config.batch_size=12"],
+        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+    )
+    _one_line_error(proc, "config.batch_size=12 is invalid: expected a multiple of the device")
+
+
+def test_eval_without_checkpoints(tmp_path):
+    _one_line_error(_run(["train.eval", f"--workdir={tmp_path}"]), "no checkpoints in")

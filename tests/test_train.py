@@ -1,0 +1,187 @@
+"""The trainer in-process: exact resume, the l_p schedule, checkpoints, configs, eval."""
+
+import json
+
+import datafiles
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from train import checkpointing, config_checks, schedules, train
+from train import eval as train_eval
+from train.configs import cifar10, default, imagenet, mnist
+
+
+def _lenet_config(data_dir, **overrides):
+    config = mnist.get_config()
+    config.data_dir = str(data_dir)
+    config.batch_size = 16
+    config.eval_batch_size = 8
+    config.num_epochs = 3
+    config.log_every_steps = 1
+    config.progress_bar = False
+    config.plots = False
+    config.update(overrides)
+    return config
+
+
+@pytest.fixture(scope="module")
+def idx_dir(tmp_path_factory):
+    # 64 training images: 4 steps of 16 per epoch; 20 test images: 3 eval batches of 8.
+    return datafiles.write_idx_dir(tmp_path_factory.mktemp("idx"), num_train=64, num_test=20)
+
+
+def _final_params(workdir):
+    mngr = checkpointing.manager(checkpointing.checkpoint_dir(workdir), read_only=True)
+    step = mngr.latest_step()
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    mngr.close()
+    return step, restored["state"]
+
+
+def test_resume_continues_exactly(idx_dir, tmp_path):
+    """A run stopped after step 3 (mid-epoch) and restarted ends with the same parameters,
+    batch statistics and optimizer state as an uninterrupted run: data order included."""
+    straight = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=6), tmp_path / "a")
+    first = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=3), tmp_path / "b")
+    assert first["step"] == 3
+    assert checkpointing.manager(tmp_path / "b" / "checkpoints").all_steps() == [3]
+    resumed = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=6), tmp_path / "b")
+    assert resumed["step"] == straight["step"] == 6
+    step_a, state_a = _final_params(tmp_path / "a")
+    step_b, state_b = _final_params(tmp_path / "b")
+    assert step_a == step_b == 6
+    jax.tree.map(np.testing.assert_array_equal, state_a, state_b)
+    assert resumed["top1"] == straight["top1"]
+    # Each step is in the metrics once, though run b wrote them in two goes.
+    steps = [
+        m["step"]
+        for m in map(json.loads, open(tmp_path / "b" / "metrics.jsonl"))
+        if m["split"] == "train"
+    ]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_at_the_end_does_nothing_new(idx_dir, tmp_path):
+    config = _lenet_config(idx_dir, num_train_steps=2)
+    first = train.train_and_evaluate(config, tmp_path)
+    again = train.train_and_evaluate(config, tmp_path)
+    assert again == first
+
+
+def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, monkeypatch):
+    traces = []
+    original = train.train_step
+
+    def counting_step(*args, **kwargs):
+        traces.append(1)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(train, "train_step", counting_step)
+    # 32 images, batch 16: 2 steps per epoch; p = 2 -> 1 over 2 epochs, then 1.
+    data = datafiles.write_idx_dir(tmp_path / "data", num_train=32, num_test=8)
+    config = _lenet_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
+    train.train_and_evaluate(config, tmp_path / "w")
+    logged = [m for m in map(json.loads, open(tmp_path / "w" / "metrics.jsonl"))]
+    p_by_step = {m["step"]: m["p"] for m in logged if m["split"] == "train"}
+    assert p_by_step == {1: 2.0, 2: 2.0, 3: 1.5, 4: 1.5, 5: 1.0, 6: 1.0}
+    assert len(traces) == 1
+
+
+def test_p_schedule_values():
+    config = default.get_config()
+    config.p_init, config.p_final, config.p_decay_epochs = 2.0, 1.0, 100
+    got = [schedules.p_at_epoch(config, e) for e in (0, 1, 50, 99, 100, 399)]
+    assert got == [2.0, 1.99, 1.5, 1.01, 1.0, 1.0]
+    assert schedules.p_at_step(config, 3 * 196 + 5, 196) == pytest.approx(1.97)
+    config.p_decay_epochs = 0  # the CVPR AdderNet: p_final throughout
+    config.p_final = 1.0
+    assert {schedules.p_at_epoch(config, e) for e in range(5)} == {1.0}
+
+
+def test_learning_rate_schedule():
+    config = default.get_config()
+    config.num_epochs, config.learning_rate, config.warmup_epochs = 4, 0.1, 1
+    lr = schedules.learning_rate(config, steps_per_epoch=10)
+    assert float(lr(0)) == 0.0
+    assert float(lr(10)) == pytest.approx(0.1)
+    assert float(lr(25)) == pytest.approx(0.05, rel=1e-5)
+    assert float(lr(40)) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
+    config = _lenet_config(idx_dir, num_epochs=5, keep_checkpoints=2)
+    train.train_and_evaluate(config, tmp_path)
+    mngr = checkpointing.manager(tmp_path / "checkpoints", read_only=True)
+    steps = mngr.all_steps()
+    assert steps[-2:] == [16, 20]
+    assert mngr.best_step() in steps
+    assert len(steps) <= 3
+    meta = checkpointing.read_meta(mngr, 20)
+    assert meta["config"]["model"] == "lenet5_bn"
+    assert 0 <= meta["metrics"][checkpointing.BEST_METRIC] <= 1
+
+
+def test_eval_program_matches_training_eval(idx_dir, tmp_path):
+    result = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=4), tmp_path)
+    again = train_eval.evaluate_checkpoint(str(tmp_path))
+    assert again["top1"] == result["top1"] and again["count"] == 20
+    by_path = train_eval.evaluate_checkpoint(checkpoint=str(tmp_path / "checkpoints" / "4"))
+    assert by_path["loss"] == pytest.approx(result["loss"])
+    with pytest.raises(config_checks.ConfigError, match="exactly one"):
+        train_eval.evaluate_checkpoint()
+    with pytest.raises(config_checks.ConfigError, match="no checkpoint 7 in"):
+        train_eval.evaluate_checkpoint(checkpoint=str(tmp_path / "checkpoints" / "7"))
+
+
+def test_outputs_written(idx_dir, tmp_path):
+    config = _lenet_config(idx_dir, num_train_steps=4, plots=True)
+    train.train_and_evaluate(config, tmp_path)
+    for name in ("curves.png", "weights.png", "results.json", "metrics.jsonl"):
+        assert (tmp_path / name).stat().st_size > 0, name
+    assert list((tmp_path / "tensorboard").iterdir())
+    assert json.loads((tmp_path / "results.json").read_text())["step"] == 4
+
+
+def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
+    # The CNN of the same architecture and the run without the adaptive learning rate.
+    for name, overrides in (("cnn", {"adder": False}), ("noadaptive", {"adaptive_lr": False})):
+        result = train.train_and_evaluate(
+            _lenet_config(idx_dir, num_train_steps=2, **overrides), tmp_path / name
+        )
+        assert np.isfinite(result["loss"])
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("model", "resnet1000", "config.model='resnet1000' is invalid: expected one of"),
+        ("dataset", "svhn", "config.dataset='svhn' is invalid"),
+        ("num_epochs", -1, "config.num_epochs=-1 is invalid: expected an integer >= 1"),
+        ("batch_size", 12, "config.batch_size=12 is invalid: expected a multiple of the device"),
+        ("learning_rate", 0.0, "config.learning_rate=0.0 is invalid"),
+        ("p_init", 3.0, "config.p_init=3.0 is invalid: expected a number in [1, 2]"),
+        ("data_format", "idx", "config.data_format='idx' is invalid"),
+        ("momentum", 1.0, "config.momentum=1.0 is invalid"),
+        ("adder", "yes", "config.adder='yes' is invalid: expected True or False"),
+    ],
+)
+def test_bad_configs_are_one_line_errors(key, value, message):
+    # Not type-safe, as a config written by hand in Python may be.
+    config = ml_collections.ConfigDict(cifar10.get_config().to_dict(), type_safe=False)
+    config[key] = value
+    with pytest.raises(config_checks.ConfigError) as info:
+        config_checks.validate(config, device_count=8)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_every_config_file_is_valid():
+    for module in (default, mnist, cifar10, imagenet):
+        config_checks.validate(module.get_config(), device_count=8)
+
+
+def test_batch_larger_than_the_dataset(idx_dir, tmp_path):
+    with pytest.raises(config_checks.ConfigError, match="larger than the 64 training examples"):
+        train.train_and_evaluate(_lenet_config(idx_dir, batch_size=128), tmp_path)

@@ -1,0 +1,109 @@
+"""Validation of a training config before anything is built: one clear line per mistake."""
+
+from __future__ import annotations
+
+import numbers
+
+import ml_collections
+
+from adderjax import models
+from train import data_sources, input_pipeline
+
+__all__ = ["ConfigError", "validate"]
+
+DATA_FORMATS = ("tfds", "idx", "cifar_pickle")
+DTYPES = ("float32", "bfloat16")
+INPUT_GRADS = ("hardtanh", "lp")
+IMPLEMENTATIONS = (None, "xla", "pallas")
+
+
+class ConfigError(ValueError):
+    """A config value that the programs cannot run with; the message is one line."""
+
+
+def _bad(key: str, value, expected: str) -> ConfigError:
+    return ConfigError(f"config.{key}={value!r} is invalid: expected {expected}")
+
+
+def _number(config, key: str, *, integer: bool = False):
+    value = config[key]
+    kind = numbers.Integral if integer else numbers.Real
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise _bad(key, value, "an integer" if integer else "a number")
+    return value
+
+
+def _at_least(config, key: str, low, *, integer: bool = False) -> None:
+    value = _number(config, key, integer=integer)
+    if not value >= low:
+        raise _bad(key, value, f"{'an integer' if integer else 'a number'} >= {low}")
+
+
+def _one_of(config, key: str, choices) -> None:
+    if config[key] not in choices:
+        raise _bad(key, config[key], f"one of {', '.join(map(repr, choices))}")
+
+
+def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
+    """Raises `ConfigError` naming the first bad key, its value and what was expected.
+
+    Args:
+      config: a config of `train.configs`.
+      device_count: the number of devices the global batch is split over.
+    """
+    _one_of(config, "model", sorted(models.MODELS))
+    _one_of(config, "dataset", sorted(data_sources.DATASETS))
+    _one_of(config, "data_format", DATA_FORMATS)
+    if config.data_format == "idx" and config.dataset not in ("mnist", "fashion_mnist", "kmnist"):
+        raise _bad("data_format", "idx", f"'tfds' or 'cifar_pickle' for {config.dataset!r}")
+    if config.data_format == "cifar_pickle" and config.dataset not in ("cifar10", "cifar100"):
+        raise _bad("data_format", "cifar_pickle", f"'tfds' or 'idx' for {config.dataset!r}")
+    _one_of(config, "augment", input_pipeline.AUGMENTATIONS)
+    _one_of(config, "dtype", DTYPES)
+    _one_of(config, "input_grad", INPUT_GRADS)
+    _one_of(config, "implementation", IMPLEMENTATIONS)
+    if not isinstance(config.adder, bool):
+        raise _bad("adder", config.adder, "True or False")
+    if not isinstance(config.nesterov, bool):
+        raise _bad("nesterov", config.nesterov, "True or False")
+
+    _at_least(config, "num_epochs", 1, integer=True)
+    _at_least(config, "warmup_epochs", 0, integer=True)
+    if config.warmup_epochs >= config.num_epochs:
+        raise _bad("warmup_epochs", config.warmup_epochs, f"< num_epochs={config.num_epochs}")
+    for key in ("batch_size", "eval_batch_size"):
+        _at_least(config, key, 1, integer=True)
+        if config[key] % device_count:
+            raise _bad(key, config[key], f"a multiple of the device count {device_count}")
+    for key in ("eval_every_epochs", "checkpoint_every_epochs", "log_every_steps"):
+        _at_least(config, key, 1, integer=True)
+    _at_least(config, "keep_checkpoints", 1, integer=True)
+    _at_least(config, "worker_count", 0, integer=True)
+    _at_least(config, "image_size", 8, integer=True)
+    _number(config, "num_train_steps", integer=True)
+    _number(config, "steps_per_eval", integer=True)
+    _number(config, "seed", integer=True)
+
+    lr = _number(config, "learning_rate")
+    if not lr > 0:
+        raise _bad("learning_rate", lr, "a number > 0")
+    momentum = _number(config, "momentum")
+    if not 0 <= momentum < 1:
+        raise _bad("momentum", momentum, "a number in [0, 1)")
+    if config.nesterov and momentum == 0:
+        raise _bad("nesterov", True, "False when momentum is 0")
+    _at_least(config, "weight_decay", 0)
+    eta = _number(config, "eta")
+    if not eta > 0:
+        raise _bad("eta", eta, "a number > 0")
+    if not isinstance(config.adaptive_lr, bool):
+        raise _bad("adaptive_lr", config.adaptive_lr, "True or False")
+    smoothing = _number(config, "label_smoothing")
+    if not 0 <= smoothing < 1:
+        raise _bad("label_smoothing", smoothing, "a number in [0, 1)")
+
+    for key in ("p_init", "p_final"):
+        p = _number(config, key)
+        if not 1 <= p <= 2:
+            raise _bad(key, p, "a number in [1, 2]")
+    _at_least(config, "p_decay_epochs", 0, integer=True)

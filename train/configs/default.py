@@ -1,0 +1,74 @@
+"""The shared defaults of every training program: the AdderNet reference recipe.
+
+Dataset configs (`cifar10.py`, `mnist.py`, ...) start from `get_config()` here and override
+only what changes, as in flax's examples/imagenet/configs.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+
+    # Model: a name of `adderjax.models.MODELS`; adder=False trains the CNN of the same
+    # architecture (the comparison every AdderNet table makes).
+    config.model = "resnet20"
+    config.adder = True
+    # Input gradient of the adder layers: "hardtanh" (CVPR eq. 7) or "lp" (journal eq. 27).
+    config.input_grad = "hardtanh"
+    # None picks the fastest path for the backend ("pallas" on GPU, "xla" elsewhere).
+    config.implementation = config_dict.placeholder(str)
+    # Compute dtype of the model: "float32" or "bfloat16" (parameters stay float32).
+    config.dtype = "float32"
+
+    # l_p schedule (journal version): p falls linearly from p_init to p_final over
+    # p_decay_epochs, then stays at p_final. p_init = p_final = 1 is the CVPR AdderNet.
+    config.p_init = 1.0
+    config.p_final = 1.0
+    config.p_decay_epochs = 0
+
+    # Data: a name of `train.data_sources.DATASETS`, read as "tfds" (by name, from
+    # data_dir or ~/tensorflow_datasets), "idx" (MNIST-family files) or "cifar_pickle".
+    config.dataset = "cifar10"
+    config.data_format = "tfds"
+    config.data_dir = config_dict.placeholder(str)
+    # Training augmentation: "none", "cifar" (4-pixel padded random crop and flip) or
+    # "imagenet" (random resized crop to image_size and flip; eval: resize, center crop).
+    config.augment = "cifar"
+    config.image_size = 224  # only used by the "imagenet" augmentation
+    # grain worker processes per host (0 reads in the main process).
+    config.worker_count = 2
+
+    # Optimisation: SGD with momentum, weight decay on every parameter, cosine learning
+    # rate; AdderNet filters get the adaptive learning rate eta * sqrt(k) / ||g||.
+    config.batch_size = 256  # global, over all devices and hosts
+    config.eval_batch_size = 256
+    config.num_epochs = 400
+    config.learning_rate = 0.1
+    config.warmup_epochs = 0
+    config.momentum = 0.9
+    config.nesterov = False
+    config.weight_decay = 5e-4
+    config.eta = 0.2
+    # False turns the adaptive learning rate off (the ablation of the paper's Table 4).
+    config.adaptive_lr = True
+    # Label smoothing of the cross-entropy (0 in the reference recipes).
+    config.label_smoothing = 0.0
+
+    # Run control.
+    config.seed = 0
+    # > 0 stops after this many steps (smoke tests); otherwise num_epochs of steps.
+    config.num_train_steps = -1
+    # > 0 evaluates on only this many batches.
+    config.steps_per_eval = -1
+    config.eval_every_epochs = 1
+    config.log_every_steps = 50
+    config.checkpoint_every_epochs = 1
+    # The newest keep_checkpoints checkpoints are kept, and the best by eval top-1.
+    config.keep_checkpoints = 3
+    # PNG plots (training curves, weight histograms) written at the end.
+    config.plots = True
+    # Progress bar on the terminal (a plain line every log_every_steps when not a tty).
+    config.progress_bar = True
+    return config

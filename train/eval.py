@@ -1,0 +1,116 @@
+"""Evaluates a saved model: top-1, top-5 and loss over the test split.
+
+    python -m train.eval --workdir=/tmp/lenet                  # its newest checkpoint
+    python -m train.eval --workdir=/tmp/lenet --best           # its best by eval top-1
+    python -m train.eval --checkpoint=/tmp/lenet/checkpoints/4680
+
+The model, dataset and preprocessing come from the config stored in the checkpoint;
+--data_dir / --data_format point it at the data on this machine.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags
+
+from train import cli
+
+flags.DEFINE_string("workdir", None, "A training workdir (its checkpoints/ are read).")
+flags.DEFINE_string("checkpoint", None, "A checkpoint directory: WORKDIR/checkpoints/STEP.")
+flags.DEFINE_bool("best", False, "With --workdir: the best checkpoint, not the newest.")
+flags.DEFINE_string("data_dir", None, "Overrides the data_dir stored in the checkpoint.")
+flags.DEFINE_string("data_format", None, "Overrides the data_format stored in the checkpoint.")
+flags.DEFINE_integer("batch_size", None, "Overrides the evaluation batch size.")
+flags.DEFINE_string("output", None, "Also write the result as JSON to this file.")
+
+
+def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
+    """(checkpoint directory, step or None for newest/best)."""
+    from train import checkpointing, config_checks
+
+    if (workdir is None) == (checkpoint is None):
+        raise config_checks.ConfigError("give exactly one of --workdir and --checkpoint")
+    if workdir is not None:
+        return checkpointing.checkpoint_dir(workdir), None
+    path = pathlib.Path(checkpoint).absolute()
+    if not path.name.isdigit():
+        raise config_checks.ConfigError(
+            f"--checkpoint={checkpoint} is not a checkpoint: expected WORKDIR/checkpoints/STEP"
+        )
+    return path.parent, int(path.name)
+
+
+def evaluate_checkpoint(
+    workdir: str | None = None,
+    checkpoint: str | None = None,
+    *,
+    best: bool = False,
+    data_dir: str | None = None,
+    data_format: str | None = None,
+    batch_size: int | None = None,
+) -> dict:
+    """Restores a checkpoint and evaluates it; returns top1, top5, loss, count, step."""
+    from train import checkpointing, config_checks, train
+
+    directory, step = _locate(workdir, checkpoint)
+    if not directory.is_dir():
+        raise config_checks.ConfigError(f"no checkpoints in {directory}")
+    mngr = checkpointing.manager(directory, read_only=True)
+    if step is None:
+        step = mngr.best_step() if best else mngr.latest_step()
+    if step is None or step not in mngr.all_steps():
+        raise config_checks.ConfigError(
+            f"no checkpoint {'' if step is None else step} in {directory} "
+            f"(steps there: {list(mngr.all_steps())})"
+        )
+    config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
+    with config.unlocked():
+        config.data_dir = data_dir or config.data_dir
+        config.data_format = data_format or config.data_format
+        config.eval_batch_size = batch_size or config.eval_batch_size
+        config.steps_per_eval = -1
+        config.worker_count = min(config.worker_count, 2)
+    run = train._Run(config, directory.parent)
+    state, _ = checkpointing.restore(mngr, step, run.abstract_state)
+    mngr.close()
+    p = run.p(max(step - 1, 0))
+    result = train.evaluate(run.eval_step, state, run.eval_batches, p, run.replicated)
+    return {
+        **result,
+        "step": step,
+        "model": config.model,
+        "adder": config.adder,
+        "dataset": config.dataset,
+    }
+
+
+def main(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    f = flags.FLAGS
+    result = cli.exit_on_user_error(
+        lambda: evaluate_checkpoint(
+            f.workdir,
+            f.checkpoint,
+            best=f.best,
+            data_dir=f.data_dir,
+            data_format=f.data_format,
+            batch_size=f.batch_size,
+        )
+    )
+    line = json.dumps(result)
+    if f.output:
+        pathlib.Path(f.output).write_text(line + "\n")
+    print(
+        f"{result['model']} ({'adder' if result['adder'] else 'cnn'}) on {result['dataset']}, "
+        f"step {result['step']}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
+        f"loss {result['loss']:.4f} ({result['count']} images)",
+        file=sys.stdout,
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,380 @@
+"""The trainer behind every program: `train_and_evaluate(config, workdir)`.
+
+A data-parallel step jitted over a one-axis device mesh ("data"): the global batch is
+sharded, the train state replicated, so gradients and BatchNorm statistics are those of the
+whole global batch on 1 or N devices. The l_p exponent and the learning rate are functions
+of the step, p enters the step as an argument (one compilation for every p), and each epoch
+ends with an evaluation (top-1 and top-5) and an orbax checkpoint from which a restarted run
+resumes, data iterator included.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import pathlib
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import linen as nn
+from flax.training import train_state
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from adderjax import models, optim
+from train import (
+    checkpointing,
+    config_checks,
+    data_sources,
+    input_pipeline,
+    plots,
+    reporting,
+    schedules,
+)
+
+__all__ = [
+    "TrainState",
+    "create_model",
+    "create_train_state",
+    "eval_step",
+    "evaluate",
+    "make_optimizer",
+    "train_and_evaluate",
+    "train_step",
+]
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    return models.get_model(
+        config.model,
+        num_classes=num_classes,
+        adder=config.adder,
+        dtype=jnp.dtype(config.dtype),
+        input_grad=config.input_grad,
+        implementation=config.implementation,
+    )
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
+    """The reference optimizer (`adderjax.optim.adder_sgd`), or plain SGD with the same
+    momentum and weight decay when `adaptive_lr` is off (the paper's ablation)."""
+    lr = schedules.learning_rate(config, steps_per_epoch)
+    if config.adaptive_lr:
+        return optim.adder_sgd(
+            lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+            eta=config.eta,
+        )
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov),
+    )
+
+
+def image_shape(config: ml_collections.ConfigDict, info: data_sources.DatasetInfo):
+    return info.image_shape or (config.image_size, config.image_size, 3)
+
+
+def create_train_state(
+    rng: jax.Array,
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    tx: optax.GradientTransformation,
+) -> TrainState:
+    variables = model.init(rng, jnp.zeros((1, *shape), jnp.float32), train=False)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+    )
+
+
+def _normalize(images: jax.Array, info: data_sources.DatasetInfo) -> jax.Array:
+    # Per-channel statistics broadcast over (N, H, W, C) explicitly (rank promotion is an
+    # error in the tests).
+    mean = np.asarray(info.mean, np.float32).reshape(1, 1, 1, -1) * 255
+    std = np.asarray(info.std, np.float32).reshape(1, 1, 1, -1) * 255
+    return (images.astype(jnp.float32) - mean) / std
+
+
+def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    k = min(k, logits.shape[-1])
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def train_step(state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn):
+    """One SGD step on a global batch; returns the new state and the batch's metrics."""
+    images = _normalize(batch["image"], info)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            p=p,
+            mutable=["batch_stats"],
+        )
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, updates)
+
+    grads, (loss, (logits, updates)) = _grad_and_value(loss_fn)(state.params)
+    new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    metrics = {
+        "loss": loss,
+        "top1": _topk_correct(logits, labels, 1).mean(),
+        "learning_rate": lr_fn(state.step),
+        "p": jnp.asarray(p, jnp.float32),
+    }
+    return new_state, metrics
+
+
+def _grad_and_value(loss_fn):
+    vg = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def f(params):
+        (loss, aux), grads = vg(params)
+        return grads, (loss, aux)
+
+    return f
+
+
+def eval_step(state: TrainState, batch, p, *, info):
+    """Sums over the valid rows of one batch: loss, top-1 and top-5 hits, count."""
+    images = _normalize(batch["image"], info)
+    labels, mask = batch["label"], batch["mask"]
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False, p=p
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {
+        "loss": (loss * mask).sum(),
+        "top1": (_topk_correct(logits, labels, 1) * mask).sum(),
+        "top5": (_topk_correct(logits, labels, 5) * mask).sum(),
+        "count": mask.sum(),
+    }
+
+
+def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This host's rows of the global batch, as global arrays sharded over "data"."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def evaluate(jitted_eval, state, batches, p, sharding) -> dict[str, float]:
+    """Top-1, top-5 and mean loss over every evaluation record (padding rows masked)."""
+    totals = None
+    for batch in batches:
+        sums = jitted_eval(state, _global(batch, sharding), p)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return {
+        "top1": float(totals["top1"]) / count,
+        "top5": float(totals["top5"]) / count,
+        "loss": float(totals["loss"]) / count,
+        "count": int(totals["count"]),
+    }
+
+
+class _Run:
+    """What one call of `train_and_evaluate` builds: mesh, data, model, jitted steps."""
+
+    def __init__(self, config: ml_collections.ConfigDict, workdir: pathlib.Path):
+        devices = jax.devices()
+        config_checks.validate(config, device_count=len(devices))
+        self.config = config
+        self.workdir = workdir
+        self.mesh = Mesh(np.asarray(devices), ("data",))
+        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        self.replicated = NamedSharding(self.mesh, P())
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+
+        self.train_source, self.info = data_sources.open_source(
+            config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
+        )
+        self.eval_source, _ = data_sources.open_source(
+            config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
+        )
+        self.steps_per_epoch = len(self.train_source) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise config_checks.ConfigError(
+                f"config.batch_size={config.batch_size} is larger than the "
+                f"{len(self.train_source)} training examples of {config.dataset!r}"
+            )
+        full = config.num_epochs * self.steps_per_epoch
+        self.total_steps = min(config.num_train_steps, full) if config.num_train_steps > 0 else full
+
+        self.model = create_model(config, self.info.num_classes)
+        self.lr_fn = schedules.learning_rate(config, self.steps_per_epoch)
+        self.tx = make_optimizer(config, self.steps_per_epoch)
+        self.shape = image_shape(config, self.info)
+        init = functools.partial(create_train_state, model=self.model, shape=self.shape, tx=self.tx)
+        self.abstract_state = jax.eval_shape(init, jax.random.key(0))
+        state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+        self.init_state = jax.jit(init, out_shardings=state_sharding)
+        self.abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            self.abstract_state,
+            state_sharding,
+        )
+        self.train_step = jax.jit(
+            functools.partial(
+                train_step,
+                info=self.info,
+                label_smoothing=config.label_smoothing,
+                lr_fn=self.lr_fn,
+            ),
+            in_shardings=(state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=(state_sharding, self.replicated),
+            donate_argnums=0,
+        )
+        self.eval_step = jax.jit(
+            functools.partial(eval_step, info=self.info),
+            in_shardings=(state_sharding, self.batch_sharding, self.replicated),
+            out_shardings=self.replicated,
+        )
+
+        local = input_pipeline.local_batch_size(config.batch_size, self.process_count)
+        self.loader = input_pipeline.train_loader(
+            self.train_source,
+            batch_size=local,
+            seed=config.seed,
+            augment=config.augment,
+            image_size=config.image_size,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            worker_count=config.worker_count,
+        )
+        self.eval_batches = input_pipeline.eval_batches(
+            self.eval_source,
+            batch_size=input_pipeline.local_batch_size(config.eval_batch_size, self.process_count),
+            augment=config.augment,
+            image_size=config.image_size,
+            process_index=self.process_index,
+            process_count=self.process_count,
+            worker_count=config.worker_count,
+            max_batches=config.steps_per_eval,
+        )
+
+    def p(self, step: int) -> np.float32:
+        return np.float32(schedules.p_at_step(self.config, step, self.steps_per_epoch))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains `config` in `workdir`, resuming from its newest checkpoint if there is one.
+
+    Args:
+      config: a config of `train.configs` (validated first; `ConfigError` on bad values,
+        `train.data_sources.DataError` on missing or corrupt data).
+      workdir: where checkpoints, metrics.jsonl, TensorBoard events and plots go.
+
+    Returns:
+      The final evaluation: top1, top5, loss and count over the test split, and the step.
+    """
+    workdir = pathlib.Path(workdir).absolute()
+    run = _Run(config, workdir)
+    is_chief = run.process_index == 0
+    if is_chief:
+        workdir.mkdir(parents=True, exist_ok=True)
+    mngr = checkpointing.manager(
+        checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints
+    )
+
+    data_iter = iter(run.loader)
+    latest = mngr.latest_step()
+    if latest is None:
+        state = run.init_state(jax.random.key(config.seed))
+        start_step = 0
+    else:
+        state, _ = checkpointing.restore(mngr, latest, run.abstract_state, data_iterator=data_iter)
+        start_step = int(jax.device_get(state.step))
+        logging.info("resumed from %s at step %d", mngr.directory, start_step)
+
+    writer = reporting.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
+    bar = reporting.ProgressBar(
+        run.total_steps,
+        start_step,
+        enabled=is_chief and config.progress_bar,
+        log_every=config.log_every_steps,
+    )
+    final, state = _train_loop(run, state, start_step, data_iter, mngr, writer, bar)
+    bar.close()
+    writer.close()
+    mngr.close()
+    if is_chief:
+        (workdir / "results.json").write_text(json.dumps(final, indent=2) + "\n")
+        if config.plots:
+            _write_plots(run, workdir, jax.device_get(state.params))
+    return final
+
+
+def _train_loop(run: _Run, state, start_step, data_iter, mngr, writer, bar) -> dict:
+    config = run.config
+    final = None
+    window, window_start, t0 = [], start_step, time.perf_counter()
+    for step in range(start_step, run.total_steps):
+        batch = _global(next(data_iter), run.batch_sharding)
+        state, metrics = run.train_step(state, batch, run.p(step))
+        window.append(metrics)
+        done = step + 1
+        if step == start_step:  # keep the compilation out of the throughput
+            jax.block_until_ready(state)
+            window_start, t0 = done, time.perf_counter()
+        if done % config.log_every_steps == 0 or done == run.total_steps:
+            summary = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
+            elapsed = time.perf_counter() - t0
+            if done > window_start:
+                summary["images_per_second"] = (done - window_start) * config.batch_size / elapsed
+            writer.write(done, "train", summary)
+            bar.update(done, **summary)
+            window, window_start, t0 = [], done, time.perf_counter()
+        epoch_end = done % run.steps_per_epoch == 0
+        epoch = done // run.steps_per_epoch
+        last = done == run.total_steps
+        if (epoch_end and epoch % config.eval_every_epochs == 0) or last:
+            result = evaluate(run.eval_step, state, run.eval_batches, run.p(step), run.replicated)
+            writer.write(done, "eval", {k: v for k, v in result.items() if k != "count"})
+            bar.write(
+                f"step {done} epoch {done / run.steps_per_epoch:.2f}: eval top-1 "
+                f"{result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"
+            )
+            final = {**result, "step": done}
+            ranked = {checkpointing.BEST_METRIC: result["top1"]}
+        else:
+            ranked = None
+        if (epoch_end and epoch % config.checkpoint_every_epochs == 0) or last:
+            checkpointing.save(
+                mngr, done, state, data_iterator=data_iter, config=config, metrics=ranked
+            )
+        if epoch_end or last:  # evaluation and saving stay out of the throughput
+            writer.flush()
+            window_start, t0 = done, time.perf_counter()
+    if final is None:  # resumed at the end: evaluate the restored state
+        result = evaluate(
+            run.eval_step, state, run.eval_batches, run.p(run.total_steps - 1), run.replicated
+        )
+        final = {**result, "step": run.total_steps}
+    return final, state
+
+
+def _write_plots(run: _Run, workdir: pathlib.Path, params) -> None:
+    plots.plot_curves(reporting.read_metrics(workdir / "metrics.jsonl"), workdir / "curves.png")
+    key = "adder_params" if run.config.adder else "cnn_params"
+    plots.plot_weight_histograms(**{key: params}, path=workdir / "weights.png")
