@@ -4,14 +4,13 @@ import json
 
 import datafiles
 import jax
-import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import checkpointing, config_checks, schedules, train
+from train import checkpointing, config_checks, train
 from train import eval as train_eval
-from train.configs import cifar10, default, imagenet, mnist
+from train.configs import mnist
 
 
 def _lenet_config(data_dir, **overrides):
@@ -90,27 +89,6 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
     assert len(traces) == 1
 
 
-def test_p_schedule_values():
-    config = default.get_config()
-    config.p_init, config.p_final, config.p_decay_epochs = 2.0, 1.0, 100
-    got = [schedules.p_at_epoch(config, e) for e in (0, 1, 50, 99, 100, 399)]
-    assert got == [2.0, 1.99, 1.5, 1.01, 1.0, 1.0]
-    assert schedules.p_at_step(config, 3 * 196 + 5, 196) == pytest.approx(1.97)
-    config.p_decay_epochs = 0  # the CVPR AdderNet: p_final throughout
-    config.p_final = 1.0
-    assert {schedules.p_at_epoch(config, e) for e in range(5)} == {1.0}
-
-
-def test_learning_rate_schedule():
-    config = default.get_config()
-    config.num_epochs, config.learning_rate, config.warmup_epochs = 4, 0.1, 1
-    lr = schedules.learning_rate(config, steps_per_epoch=10)
-    assert float(lr(0)) == 0.0
-    assert float(lr(10)) == pytest.approx(0.1)
-    assert float(lr(25)) == pytest.approx(0.05, rel=1e-5)
-    assert float(lr(40)) == pytest.approx(0.0, abs=1e-8)
-
-
 def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
     config = _lenet_config(idx_dir, num_epochs=5, keep_checkpoints=2)
     train.train_and_evaluate(config, tmp_path)
@@ -152,34 +130,6 @@ def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
             _lenet_config(idx_dir, num_train_steps=2, **overrides), tmp_path / name
         )
         assert np.isfinite(result["loss"])
-
-
-@pytest.mark.parametrize(
-    ("key", "value", "message"),
-    [
-        ("model", "resnet1000", "config.model='resnet1000' is invalid: expected one of"),
-        ("dataset", "svhn", "config.dataset='svhn' is invalid"),
-        ("num_epochs", -1, "config.num_epochs=-1 is invalid: expected an integer >= 1"),
-        ("batch_size", 12, "config.batch_size=12 is invalid: expected a multiple of the device"),
-        ("learning_rate", 0.0, "config.learning_rate=0.0 is invalid"),
-        ("p_init", 3.0, "config.p_init=3.0 is invalid: expected a number in [1, 2]"),
-        ("data_format", "idx", "config.data_format='idx' is invalid"),
-        ("momentum", 1.0, "config.momentum=1.0 is invalid"),
-        ("adder", "yes", "config.adder='yes' is invalid: expected True or False"),
-    ],
-)
-def test_bad_configs_are_one_line_errors(key, value, message):
-    # Not type-safe, as a config written by hand in Python may be.
-    config = ml_collections.ConfigDict(cifar10.get_config().to_dict(), type_safe=False)
-    config[key] = value
-    with pytest.raises(config_checks.ConfigError) as info:
-        config_checks.validate(config, device_count=8)
-    assert message in str(info.value) and "\n" not in str(info.value)
-
-
-def test_every_config_file_is_valid():
-    for module in (default, mnist, cifar10, imagenet):
-        config_checks.validate(module.get_config(), device_count=8)
 
 
 def test_batch_larger_than_the_dataset(idx_dir, tmp_path):

@@ -39,6 +39,9 @@ def manager(
     )
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
+        # Only for `best_step()`: what is kept is decided by the policy above.
+        best_fn=lambda m: m[BEST_METRIC],
+        best_mode="max",
         read_only=read_only,
         create=not read_only,
         # Synchronous saves: the step that follows never races a half-written checkpoint.

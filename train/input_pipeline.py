@@ -190,6 +190,23 @@ def train_loader(
 
 
 @dataclasses.dataclass(frozen=True)
+class _Slice:
+    """Records start..stop-1 of a source, as a source (picklable for grain workers)."""
+
+    source: object
+    start: int
+    stop: int
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int):
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {len(self)} records")
+        return self.source[self.start + int(i)]
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalBatches:
     """Every evaluation record exactly once, in fixed-size batches with a validity mask.
 
@@ -206,6 +223,13 @@ class EvalBatches:
     worker_count: int
     max_batches: int = -1
 
+    def _shard(self) -> _Slice:
+        # Contiguous shards of ceil(n / hosts) records; grain's own uneven sharding leaves
+        # records out, and evaluation must see every one exactly once.
+        per_host = math.ceil(len(self.source) / self.process_count)
+        start = min(self.process_index * per_host, len(self.source))
+        return _Slice(self.source, start, min(start + per_host, len(self.source)))
+
     @property
     def num_batches(self) -> int:
         per_host = math.ceil(len(self.source) / self.process_count)
@@ -213,16 +237,13 @@ class EvalBatches:
         return min(n, self.max_batches) if self.max_batches > 0 else n
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
-        sampler = grain.IndexSampler(
-            num_records=len(self.source),
-            shard_options=grain.ShardOptions(
-                self.process_index, self.process_count, drop_remainder=False
-            ),
-            shuffle=False,
-            num_epochs=1,
-        )
+        shard = self._shard()
+        if len(shard) == 0:  # more hosts than records: this host only pads
+            yield from self._padding(self.num_batches)
+            return
+        sampler = grain.IndexSampler(num_records=len(shard), shuffle=False, num_epochs=1, seed=0)
         loader = grain.DataLoader(
-            data_source=self.source,
+            data_source=shard,
             sampler=sampler,
             operations=[
                 _Record(),
@@ -232,21 +253,23 @@ class EvalBatches:
             worker_count=self.worker_count,
         )
         produced = 0
-        template = None
         for batch in loader:
             if produced == self.num_batches:
                 return
             yield _pad(batch, self.batch_size)
-            template = batch
             produced += 1
-        while produced < self.num_batches:  # this host's shard ran out first
-            if template is None:
-                record = _Record().map(self.source[0])
-                for transform in _eval_transforms(self.augment, self.image_size):
-                    record = transform.map(record)
-                template = {k: np.asarray(v)[None] for k, v in record.items()}
-            yield _pad({k: v[:0] for k, v in template.items()}, self.batch_size)
-            produced += 1
+        yield from self._padding(self.num_batches - produced)  # this host's shard ran out
+
+    def _padding(self, count: int) -> Iterator[dict[str, np.ndarray]]:
+        """`count` batches of padding only (mask 0), shaped like real ones."""
+        if count <= 0:
+            return
+        record = _Record().map(self.source[0])
+        for transform in _eval_transforms(self.augment, self.image_size):
+            record = transform.map(record)
+        empty = {k: np.asarray(v)[None][:0] for k, v in record.items()}
+        for _ in range(count):
+            yield _pad(empty, self.batch_size)
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:

@@ -251,26 +251,24 @@ class _Run:
             out_shardings=self.replicated,
         )
 
-        local = input_pipeline.local_batch_size(config.batch_size, self.process_count)
-        self.loader = input_pipeline.train_loader(
-            self.train_source,
-            batch_size=local,
-            seed=config.seed,
+        per_host = functools.partial(
+            input_pipeline.local_batch_size, process_count=self.process_count
+        )
+        common = dict(
             augment=config.augment,
             image_size=config.image_size,
             process_index=self.process_index,
             process_count=self.process_count,
             worker_count=config.worker_count,
         )
+        self.loader = input_pipeline.train_loader(
+            self.train_source, batch_size=per_host(config.batch_size), seed=config.seed, **common
+        )
         self.eval_batches = input_pipeline.eval_batches(
             self.eval_source,
-            batch_size=input_pipeline.local_batch_size(config.eval_batch_size, self.process_count),
-            augment=config.augment,
-            image_size=config.image_size,
-            process_index=self.process_index,
-            process_count=self.process_count,
-            worker_count=config.worker_count,
+            batch_size=per_host(config.eval_batch_size),
             max_batches=config.steps_per_eval,
+            **common,
         )
 
     def p(self, step: int) -> np.float32:

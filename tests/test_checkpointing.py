@@ -1,0 +1,34 @@
+"""Checkpoint retention and contents, on a tiny state (the trainer tests cover resume)."""
+
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from train import checkpointing
+
+
+def test_keeps_the_newest_and_the_best(tmp_path):
+    config = ml_collections.ConfigDict({"model": "lenet5_bn", "seed": 3})
+    mngr = checkpointing.manager(tmp_path, keep=2)
+    top1 = {1: 0.9, 2: 0.1, 3: 0.2, 4: 0.3, 5: 0.4}
+    for step, acc in top1.items():
+        state = {"w": jnp.full((3,), float(step))}
+        metrics = {checkpointing.BEST_METRIC: acc}
+        checkpointing.save(mngr, step, state, data_iterator=None, config=config, metrics=metrics)
+    assert mngr.all_steps() == [1, 4, 5]  # the best (1) and the newest two
+    assert mngr.best_step() == 1
+    state, meta = checkpointing.restore(mngr, 4, {"w": jnp.zeros((3,))})
+    np.testing.assert_array_equal(state["w"], [4.0, 4.0, 4.0])
+    assert meta == {"config": {"model": "lenet5_bn", "seed": 3}, "metrics": {"eval_top1": 0.3}}
+    assert checkpointing.config_from_meta(meta).seed == 3
+    mngr.close()
+
+
+def test_checkpoints_without_metrics_are_kept_as_newest(tmp_path):
+    config = ml_collections.ConfigDict({"model": "x"})
+    mngr = checkpointing.manager(tmp_path, keep=1)
+    for step in (1, 2, 3):
+        checkpointing.save(mngr, step, {"w": jnp.zeros(())}, data_iterator=None, config=config)
+    assert mngr.latest_step() == 3
+    assert checkpointing.read_meta(mngr, 3)["metrics"] == {}
+    mngr.close()

@@ -1,0 +1,132 @@
+"""The grain pipelines: determinism, per-host shards, exact resume, augmentations, eval."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from train import data_sources, input_pipeline
+
+
+def _source(n=40, shape=(8, 8, 1)):
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(shape, np.uint8)
+    return data_sources.ArraySource(images, np.arange(n) % 10)
+
+
+def _take(loader, k):
+    return [b for b in itertools.islice(iter(loader), k)]
+
+
+def _ids(batch):
+    return batch["image"][:, 0, 0, 0].tolist()
+
+
+def test_same_seed_same_batches_other_seed_others():
+    kw = dict(batch_size=8, augment="none")
+    a = _take(input_pipeline.train_loader(_source(), seed=1, **kw), 6)
+    b = _take(input_pipeline.train_loader(_source(), seed=1, **kw), 6)
+    c = _take(input_pipeline.train_loader(_source(), seed=2, **kw), 6)
+    assert [_ids(x) for x in a] == [_ids(x) for x in b]
+    assert [_ids(x) for x in a] != [_ids(x) for x in c]
+    assert a[0]["image"].dtype == np.uint8 and a[0]["label"].dtype == np.int32
+    # One epoch (5 batches of 8 of 40 records) shows every record once.
+    assert sorted(sum((_ids(x) for x in a[:5]), [])) == list(range(40))
+
+
+def test_hosts_read_disjoint_shares():
+    kw = dict(batch_size=4, seed=0, augment="none", process_count=2)
+    host0 = _take(input_pipeline.train_loader(_source(), process_index=0, **kw), 5)
+    host1 = _take(input_pipeline.train_loader(_source(), process_index=1, **kw), 5)
+    seen0 = set(sum(map(_ids, host0), []))
+    seen1 = set(sum(map(_ids, host1), []))
+    assert not seen0 & seen1
+    assert seen0 | seen1 == set(range(40))
+
+
+def test_iterator_state_resumes_exactly():
+    loader = input_pipeline.train_loader(_source(), batch_size=8, seed=3, augment="cifar")
+    it = iter(loader)
+    for _ in range(7):  # past the first epoch boundary
+        next(it)
+    state = it.get_state()
+    expected = [next(it) for _ in range(4)]
+    fresh = iter(input_pipeline.train_loader(_source(), batch_size=8, seed=3, augment="cifar"))
+    fresh.set_state(state)
+    for want in expected:
+        got = next(fresh)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+
+
+def test_cifar_augmentation_is_a_shifted_padded_crop_or_its_flip():
+    rng = np.random.default_rng(0)
+    image = rng.integers(1, 256, (32, 32, 3), dtype=np.uint8)  # no zeros: padding is visible
+    source = data_sources.ArraySource(image[None].repeat(16, 0), np.zeros(16, np.int64))
+    batch = _take(input_pipeline.train_loader(source, batch_size=16, seed=0, augment="cifar"), 1)
+    padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+    candidates = [padded[t : t + 32, s : s + 32] for t in range(9) for s in range(9)]
+    candidates += [c[:, ::-1] for c in candidates]
+    shifts = set()
+    for out in batch[0]["image"]:
+        matches = [i for i, c in enumerate(candidates) if np.array_equal(out, c)]
+        assert matches, "not a padded crop of the image"
+        shifts.add(matches[0])
+    assert len(shifts) > 3  # the crops are random, not one fixed shift
+
+
+def test_imagenet_augmentations_give_the_crop_size():
+    rng = np.random.default_rng(0)
+    records = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(47, 17), (23, 33)]]
+
+    class Ragged:
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return {"image": records[i % 2], "label": i}
+
+    train = _take(
+        input_pipeline.train_loader(
+            Ragged(), batch_size=4, seed=0, augment="imagenet", image_size=16
+        ),
+        2,
+    )
+    assert train[0]["image"].shape == (4, 16, 16, 3)
+    evals = list(
+        input_pipeline.eval_batches(Ragged(), batch_size=4, augment="imagenet", image_size=16)
+    )
+    assert [b["image"].shape for b in evals] == [(4, 16, 16, 3)] * 2
+
+
+@pytest.mark.parametrize("process_count", [1, 3, 30])
+def test_eval_batches_cover_every_record_once(process_count):
+    n, batch = 23, 4
+    seen, counts = [], []
+    for host in range(process_count):
+        batches = input_pipeline.eval_batches(
+            _source(n),
+            batch_size=batch,
+            augment="none",
+            process_index=host,
+            process_count=process_count,
+        )
+        out = list(batches)
+        counts.append(len(out))
+        assert len(out) == batches.num_batches
+        for b in out:
+            assert b["image"].shape[0] == batch and b["mask"].shape == (batch,)
+            seen += [i for i, m in zip(_ids(b), b["mask"], strict=True) if m]
+    assert sorted(seen) == list(range(n))
+    assert len(set(counts)) == 1  # every host runs the same number of eval steps
+
+
+def test_eval_max_batches():
+    batches = input_pipeline.eval_batches(_source(), batch_size=8, augment="none", max_batches=2)
+    assert len(list(batches)) == batches.num_batches == 2
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="augment must be one of"):
+        input_pipeline.train_loader(_source(), batch_size=4, seed=0, augment="mixup")
+    with pytest.raises(ValueError, match="does not divide over 3 hosts"):
+        input_pipeline.local_batch_size(8, 3)

@@ -1,0 +1,27 @@
+"""The learning-rate and l_p schedules (the trainer test checks p reaches the step)."""
+
+import pytest
+
+from train import schedules
+from train.configs import default
+
+
+def test_p_schedule_values():
+    config = default.get_config()
+    config.p_init, config.p_final, config.p_decay_epochs = 2.0, 1.0, 100
+    got = [schedules.p_at_epoch(config, e) for e in (0, 1, 50, 99, 100, 399)]
+    assert got == [2.0, 1.99, 1.5, 1.01, 1.0, 1.0]
+    assert schedules.p_at_step(config, 3 * 196 + 5, 196) == pytest.approx(1.97)
+    config.p_decay_epochs = 0  # the CVPR AdderNet: p_final throughout
+    config.p_final = 1.0
+    assert {schedules.p_at_epoch(config, e) for e in range(5)} == {1.0}
+
+
+def test_learning_rate_schedule():
+    config = default.get_config()
+    config.num_epochs, config.learning_rate, config.warmup_epochs = 4, 0.1, 1
+    lr = schedules.learning_rate(config, steps_per_epoch=10)
+    assert float(lr(0)) == 0.0
+    assert float(lr(10)) == pytest.approx(0.1)
+    assert float(lr(25)) == pytest.approx(0.05, rel=1e-5)
+    assert float(lr(40)) == pytest.approx(0.0, abs=1e-8)
