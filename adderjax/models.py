@@ -87,6 +87,7 @@ def _layers(model: nn.Module) -> tuple[ModuleDef, ModuleDef]:
             dtype=model.dtype,
             input_grad=model.input_grad,
             implementation=model.implementation,
+            interpret=model.interpret,
         )
         return partial(AdderConv, **kw), partial(AdderDense, **kw)
     return (
@@ -197,7 +198,7 @@ class ResNet(nn.Module):
       fc_bias: whether the classifier conv has a bias (the reference: ImageNet yes, CIFAR no).
       adder: AdderNet (True) or the CNN of the same architecture (False).
       dtype: the computation dtype; parameters are float32 and the logits are cast to float32.
-      input_grad, implementation: passed to every adder layer.
+      input_grad, implementation, interpret: passed to every adder layer.
     """
 
     num_classes: int
@@ -210,6 +211,7 @@ class ResNet(nn.Module):
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
     implementation: str | None = None
+    interpret: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:
@@ -252,7 +254,7 @@ class VGG(nn.Module):
     Attributes:
       num_classes: number of logits.
       stages: output channels of each conv, per stage.
-      adder, dtype, input_grad, implementation: as in `ResNet`.
+      adder, dtype, input_grad, implementation, interpret: as in `ResNet`.
 
     References:
       Zhang et al., LQ-Nets, ECCV 2018, https://arxiv.org/abs/1807.10029
@@ -264,6 +266,7 @@ class VGG(nn.Module):
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
     implementation: str | None = None
+    interpret: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:
@@ -299,6 +302,7 @@ class LeNet5BN(nn.Module):
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
     implementation: str | None = None
+    interpret: bool = False
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:

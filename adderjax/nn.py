@@ -162,7 +162,9 @@ def _add_bias(y, bias):
     return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
-def _apply_conv(inputs, kernel, bias, strides, padding, *, p, input_grad, implementation):
+def _apply_conv(
+    inputs, kernel, bias, strides, padding, *, p, input_grad, implementation, interpret
+):
     """The adder conv over ``(*batch, H, W, C)`` inputs, any number of batch dims, as flax does."""
     num_batch = inputs.ndim - 3
     batch_shape = inputs.shape[:num_batch]
@@ -176,6 +178,7 @@ def _apply_conv(inputs, kernel, bias, strides, padding, *, p, input_grad, implem
         p=p,
         input_grad=input_grad,
         implementation=implementation,
+        interpret=interpret,
     )
     y = _add_bias(y, bias)
     if num_batch != 1:
@@ -216,6 +219,8 @@ class AdderConv(nn.Module):
       p: the norm, in [1, 2] (1 is the AdderNet). A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", the input gradient rule of `adderjax.ops.adder_conv`.
       implementation: None (the best for the backend), "xla" or "pallas".
+      interpret: with implementation="pallas", run the kernels in Pallas interpret mode
+        (any backend; how the GPU kernels are tested on CPU).
 
     The parameters are ``adder``, shape ``(kh, kw, cin, features)``, and ``bias``,
     ``(features,)``.
@@ -247,6 +252,7 @@ class AdderConv(nn.Module):
     p: float = 1.0
     input_grad: str = "hardtanh"
     implementation: str | None = None
+    interpret: bool = False
 
     @nn.compact
     def __call__(self, inputs: Array, *, p: float | jax.Array | None = None) -> Array:
@@ -293,6 +299,7 @@ class AdderConv(nn.Module):
             p=p,
             input_grad=self.input_grad,
             implementation=self.implementation,
+            interpret=self.interpret,
         )
 
 
@@ -312,6 +319,8 @@ class AdderDense(nn.Module):
       p: the norm, in [1, 2]. A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", as in `adderjax.ops.adder_dense`.
       implementation: None (the best for the backend), "xla" or "pallas".
+      interpret: with implementation="pallas", run the kernels in Pallas interpret mode
+        (any backend; how the GPU kernels are tested on CPU).
 
     The parameters are ``adder``, shape ``(din, features)``, and ``bias``, ``(features,)``.
 
@@ -335,6 +344,7 @@ class AdderDense(nn.Module):
     p: float = 1.0
     input_grad: str = "hardtanh"
     implementation: str | None = None
+    interpret: bool = False
 
     @nn.compact
     def __call__(self, inputs: Array, *, p: float | jax.Array | None = None) -> Array:
@@ -366,5 +376,6 @@ class AdderDense(nn.Module):
             p=p,
             input_grad=self.input_grad,
             implementation=self.implementation,
+            interpret=self.interpret,
         )
         return _add_bias(y, bias)

@@ -130,3 +130,28 @@ def test_bad_arguments():
         input_pipeline.train_loader(_source(), batch_size=4, seed=0, augment="mixup")
     with pytest.raises(ValueError, match="does not divide over 3 hosts"):
         input_pipeline.local_batch_size(8, 3)
+
+
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_global_batches_do_not_depend_on_the_host_count(hosts):
+    """Hosts' local batches, side by side, are the one-host global batch, augmentation
+    included: N hosts train on what one host would."""
+    kw = dict(seed=5, augment="cifar")
+    source = data_sources.ArraySource(
+        np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+        np.arange(40) % 10,
+    )
+    single = _take(input_pipeline.train_loader(source, batch_size=16, **kw), 7)
+    per_host = [
+        _take(
+            input_pipeline.train_loader(
+                source, batch_size=16 // hosts, process_index=h, process_count=hosts, **kw
+            ),
+            7,
+        )
+        for h in range(hosts)
+    ]
+    for step in range(7):
+        for key in ("image", "label"):
+            joined = np.concatenate([per_host[h][step][key] for h in range(hosts)])
+            np.testing.assert_array_equal(joined, single[step][key])

@@ -64,6 +64,10 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _one_of(config, "implementation", IMPLEMENTATIONS)
     if not isinstance(config.adder, bool):
         raise _bad("adder", config.adder, "True or False")
+    if not isinstance(config.interpret, bool):
+        raise _bad("interpret", config.interpret, "True or False")
+    if config.interpret and config.implementation != "pallas":
+        raise _bad("interpret", True, "False unless implementation='pallas'")
     if not isinstance(config.nesterov, bool):
         raise _bad("nesterov", config.nesterov, "True or False")
 

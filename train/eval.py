@@ -53,6 +53,8 @@ def evaluate_checkpoint(
     batch_size: int | None = None,
 ) -> dict:
     """Restores a checkpoint and evaluates it; returns top1, top5, loss, count, step."""
+    import jax
+
     from train import checkpointing, config_checks, train
 
     directory, step = _locate(workdir, checkpoint)
@@ -77,7 +79,8 @@ def evaluate_checkpoint(
     state, _ = checkpointing.restore(mngr, step, run.abstract_state)
     mngr.close()
     p = run.p(max(step - 1, 0))
-    result = train.evaluate(run.eval_step, state, run.eval_batches, p, run.replicated)
+    with jax.set_mesh(run.mesh):
+        result = train.evaluate(run.eval_step, state, run.eval_batches, p, run.batch_sharding)
     return {
         **result,
         "step": step,

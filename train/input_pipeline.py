@@ -10,7 +10,9 @@ sees exactly the batches it would have seen. Images stay uint8 until they are on
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import sys
 from collections.abc import Iterator
 
 import grain.python as grain
@@ -142,6 +144,42 @@ def _eval_transforms(augment: str, image_size: int) -> list:
     return [_ResizeCenterCrop(size=image_size)] if augment == "imagenet" else []
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_records: int, seed: int, epoch: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(num_records)
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalOrderSampler:
+    """A grain sampler of one host's rows of a global stream fixed by the seed alone.
+
+    The global stream runs through a fresh permutation of the records every epoch; global
+    batch s is its positions [s*B, (s+1)*B), and host i reads rows [i*b, (i+1)*b) of it
+    (b = B / hosts). grain's own sharding splits the records per host instead, which makes
+    the batches depend on the number of hosts.
+    """
+
+    num_records: int
+    seed: int
+    local_batch_size: int
+    process_index: int = 0
+    process_count: int = 1
+
+    def __len__(self) -> int:
+        return sys.maxsize  # endless, like grain's IndexSampler with num_epochs=None
+
+    def __getitem__(self, index: int) -> grain.RecordMetadata:
+        if index < 0:
+            raise IndexError(f"negative sampler index {index}")
+        step, offset = divmod(index, self.local_batch_size)
+        position = (step * self.process_count + self.process_index) * self.local_batch_size
+        position += offset
+        epoch, within = divmod(position, self.num_records)
+        key = int(_epoch_order(self.num_records, self.seed, epoch)[within])
+        rng = np.random.Generator(np.random.Philox(key=[self.seed, position]))
+        return grain.RecordMetadata(index=index, record_key=key, rng=rng)
+
+
 def train_loader(
     source,
     *,
@@ -154,6 +192,9 @@ def train_loader(
     worker_count: int = 0,
 ) -> grain.DataLoader:
     """An endless, shuffled loader of this host's share of every global batch.
+
+    The global stream of records (and each record's augmentation randomness) depends only
+    on the seed, so 1 host or N hosts, 1 device or N, train on the same global batches.
 
     Args:
       source: a random-access source of {"image": uint8 HWC, "label": int} records.
@@ -169,12 +210,12 @@ def train_loader(
       A `grain.python.DataLoader`; `iter()` of it yields {"image": uint8 (B, H, W, C),
       "label": int32 (B,)} and has `get_state()` / `set_state()` for exact resume.
     """
-    sampler = grain.IndexSampler(
+    sampler = GlobalOrderSampler(
         num_records=len(source),
-        shard_options=grain.ShardOptions(process_index, process_count, drop_remainder=True),
-        shuffle=True,
-        num_epochs=None,
         seed=seed,
+        local_batch_size=batch_size,
+        process_index=process_index,
+        process_count=process_count,
     )
     operations = [
         _Record(),
@@ -186,6 +227,8 @@ def train_loader(
         sampler=sampler,
         operations=operations,
         worker_count=worker_count,
+        # The sampler already picks this host's rows.
+        shard_options=grain.NoSharding(),
     )
 
 
@@ -251,6 +294,7 @@ class EvalBatches:
                 grain.Batch(self.batch_size, drop_remainder=False),
             ],
             worker_count=self.worker_count,
+            shard_options=grain.NoSharding(),
         )
         produced = 0
         for batch in loader:

@@ -24,7 +24,7 @@ import optax
 from absl import logging
 from flax import linen as nn
 from flax.training import train_state
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from adderjax import models, optim
@@ -62,6 +62,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
         dtype=jnp.dtype(config.dtype),
         input_grad=config.input_grad,
         implementation=config.implementation,
+        interpret=config.interpret,
     )
 
 
@@ -201,7 +202,9 @@ class _Run:
         config_checks.validate(config, device_count=len(devices))
         self.config = config
         self.workdir = workdir
-        self.mesh = Mesh(np.asarray(devices), ("data",))
+        # Auto axes: XLA partitions the step from the batch sharding (GSPMD); the adder
+        # op's Pallas path puts its kernels in a shard_map over the same mesh.
+        self.mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
         self.batch_sharding = NamedSharding(self.mesh, P("data"))
         self.replicated = NamedSharding(self.mesh, P())
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
@@ -295,24 +298,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         checkpointing.checkpoint_dir(workdir), keep=config.keep_checkpoints
     )
 
-    data_iter = iter(run.loader)
-    latest = mngr.latest_step()
-    if latest is None:
-        state = run.init_state(jax.random.key(config.seed))
-        start_step = 0
-    else:
-        state, _ = checkpointing.restore(mngr, latest, run.abstract_state, data_iterator=data_iter)
-        start_step = int(jax.device_get(state.step))
-        logging.info("resumed from %s at step %d", mngr.directory, start_step)
+    # The mesh in context: the Pallas path of the adder op splits its kernels over it.
+    with jax.set_mesh(run.mesh):
+        data_iter = iter(run.loader)
+        latest = mngr.latest_step()
+        if latest is None:
+            state = run.init_state(jax.random.key(config.seed))
+            start_step = 0
+        else:
+            state, _ = checkpointing.restore(
+                mngr, latest, run.abstract_state, data_iterator=data_iter
+            )
+            start_step = int(jax.device_get(state.step))
+            logging.info("resumed from %s at step %d", mngr.directory, start_step)
 
-    writer = reporting.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
-    bar = reporting.ProgressBar(
-        run.total_steps,
-        start_step,
-        enabled=is_chief and config.progress_bar,
-        log_every=config.log_every_steps,
-    )
-    final, state = _train_loop(run, state, start_step, data_iter, mngr, writer, bar)
+        writer = reporting.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
+        bar = reporting.ProgressBar(
+            run.total_steps,
+            start_step,
+            enabled=is_chief and config.progress_bar,
+            log_every=config.log_every_steps,
+        )
+        final, state = _train_loop(run, state, start_step, data_iter, mngr, writer, bar)
     bar.close()
     writer.close()
     mngr.close()
@@ -347,7 +354,9 @@ def _train_loop(run: _Run, state, start_step, data_iter, mngr, writer, bar) -> d
         epoch = done // run.steps_per_epoch
         last = done == run.total_steps
         if (epoch_end and epoch % config.eval_every_epochs == 0) or last:
-            result = evaluate(run.eval_step, state, run.eval_batches, run.p(step), run.replicated)
+            result = evaluate(
+                run.eval_step, state, run.eval_batches, run.p(step), run.batch_sharding
+            )
             writer.write(done, "eval", {k: v for k, v in result.items() if k != "count"})
             bar.write(
                 f"step {done} epoch {done / run.steps_per_epoch:.2f}: eval top-1 "
@@ -366,7 +375,7 @@ def _train_loop(run: _Run, state, start_step, data_iter, mngr, writer, bar) -> d
             window_start, t0 = done, time.perf_counter()
     if final is None:  # resumed at the end: evaluate the restored state
         result = evaluate(
-            run.eval_step, state, run.eval_batches, run.p(run.total_steps - 1), run.replicated
+            run.eval_step, state, run.eval_batches, run.p(run.total_steps - 1), run.batch_sharding
         )
         final = {**result, "step": run.total_steps}
     return final, state

@@ -19,6 +19,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.input_grad = "hardtanh"
     # None picks the fastest path for the backend ("pallas" on GPU, "xla" elsewhere).
     config.implementation = config_dict.placeholder(str)
+    # With implementation="pallas": run the GPU kernels in Pallas interpret mode (any
+    # backend, slowly; how CPU tests check the Pallas path of the trainer).
+    config.interpret = False
     # Compute dtype of the model: "float32" or "bfloat16" (parameters stay float32).
     config.dtype = "float32"
 

@@ -1,0 +1,130 @@
+"""A trainer run on simulated devices or several processes, for tests/test_distributed.py.
+
+Started as a subprocess so that XLA_FLAGS (the simulated device count) and
+jax.distributed take effect before jax starts:
+
+    python tests/mesh_run.py train  --devices 8 --workdir W --data D [--pallas] --out F.npz
+    python tests/mesh_run.py lower  --devices 8 --workdir W --data D --out F.json
+    python tests/mesh_run.py train  --devices 2 --process-id I --process-count 2 --port P ...
+"""
+
+import argparse
+import json
+import os
+import sys
+
+
+def _args():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["train", "lower"])
+    parser.add_argument("--devices", type=int, required=True)
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--data", required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--pallas", action="store_true")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--process-id", type=int, default=0)
+    parser.add_argument("--process-count", type=int, default=1)
+    parser.add_argument("--port", type=int, default=0)
+    return parser.parse_args()
+
+
+def _config(args):
+    from train.configs import mnist
+
+    config = mnist.get_config()
+    config.data_dir = args.data
+    config.batch_size = 16
+    config.eval_batch_size = 8
+    config.num_train_steps = args.steps
+    config.log_every_steps = 1
+    config.progress_bar = False
+    config.plots = False
+    if args.pallas:
+        config.implementation = "pallas"
+        config.interpret = True
+    return config
+
+
+def _train(args):
+    import jax
+    import numpy as np
+
+    from train import checkpointing, train
+
+    result = train.train_and_evaluate(_config(args), args.workdir)
+    mngr = checkpointing.manager(checkpointing.checkpoint_dir(args.workdir), read_only=True)
+    run = train._Run(_config(args), args.workdir)
+    state, _ = checkpointing.restore(mngr, mngr.latest_step(), run.abstract_state)
+    if jax.process_index() == 0:
+        leaves = jax.tree_util.tree_flatten_with_path(
+            {"params": state.params, "batch_stats": state.batch_stats}
+        )[0]
+        arrays = {jax.tree_util.keystr(k): np.asarray(jax.device_get(v)) for k, v in leaves}
+        losses = [
+            m["loss"]
+            for m in map(json.loads, open(os.path.join(args.workdir, "metrics.jsonl")))
+            if m["split"] == "train"
+        ]
+        np.savez(args.out, losses=np.asarray(losses), top1=result["top1"], **arrays)
+
+
+def _lower(args):
+    """The jitted step with its mesh lowered for TPU (XLA path) and CUDA (Triton kernels)."""
+    from unittest import mock
+
+    import jax
+    import numpy as np
+
+    from adderjax import ops
+    from train import train
+
+    config = _config(args)
+    out = {}
+    for platform, implementation in (("tpu", "xla"), ("cuda", "pallas")):
+        config.implementation = implementation
+        config.interpret = False
+        # The op refuses "pallas" without a GPU before anything could be lowered for one.
+        with mock.patch.object(ops, "available_implementations", lambda: ("pallas", "xla")):
+            run = train._Run(config, args.workdir)
+            shape = run.shape
+            batch = {
+                "image": jax.ShapeDtypeStruct((16, *shape), np.uint8, sharding=run.batch_sharding),
+                "label": jax.ShapeDtypeStruct((16,), np.int32, sharding=run.batch_sharding),
+            }
+            p = jax.ShapeDtypeStruct((), np.float32, sharding=run.replicated)
+            with jax.set_mesh(run.mesh):
+                traced = run.train_step.trace(run.abstract_state, batch, p)
+                text = traced.lower(lowering_platforms=(platform,)).as_text()
+        out[platform] = {
+            "num_partitions": text.count("mhlo.num_partitions = 8"),
+            "triton_calls": text.count("__gpu$xla.gpu.triton"),
+            "manual_computations": text.count("sdy.manual_computation"),
+            "sharded_batch": text.count('{"data"}'),
+        }
+    with open(args.out, "w") as f:
+        json.dump(out, f)
+
+
+def main():
+    args = _args()
+    flags = os.environ.get("XLA_FLAGS", "")
+    os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={args.devices}"
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import jax
+
+    if args.process_count > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=f"127.0.0.1:{args.port}",
+            num_processes=args.process_count,
+            process_id=args.process_id,
+        )
+    if args.mode == "train":
+        _train(args)
+    else:
+        _lower(args)
+
+
+if __name__ == "__main__":
+    main()

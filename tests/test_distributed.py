@@ -1,0 +1,138 @@
+"""The trainer over many devices and processes gives what one device gives.
+
+Each configuration runs `tests/mesh_run.py` in a subprocess (the simulated device count
+must be set before jax starts): a few LeNet-5-BN steps on tiny idx files, XLA path and the
+Pallas kernels in interpret mode, on 1 and 8 simulated CPU devices, and on two processes
+joined by `jax.distributed` over loopback with 2 devices each.
+"""
+
+import json
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import datafiles
+import numpy as np
+import pytest
+from conftest import CACHE_DIR
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "tests" / "mesh_run.py"
+
+# Reductions over 16 images in another order: float32 rounding, amplified in the BatchNorm
+# variance of adder outputs (large means, E[x^2] - E[x]^2); a wrong all-reduce or a wrong
+# shard is off by O(1).
+RTOL = 1e-3
+
+
+def _env():
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)
+    env["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
+    return env
+
+
+def _cmd(mode, devices, workdir, data, out, *extra):
+    return [
+        sys.executable,
+        str(SCRIPT),
+        mode,
+        f"--devices={devices}",
+        f"--workdir={workdir}",
+        f"--data={data}",
+        f"--out={out}",
+        *extra,
+    ]
+
+
+def _run(*args, **kwargs):
+    proc = subprocess.run(
+        _cmd(*args, **kwargs), cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return datafiles.write_idx_dir(tmp_path_factory.mktemp("idx"), num_train=64, num_test=16)
+
+
+@pytest.fixture(scope="module")
+def one_device(data, tmp_path_factory):
+    """The reference runs: one device, XLA path and Pallas interpret path."""
+    root = tmp_path_factory.mktemp("one")
+    out = {}
+    for name, extra in (("xla", ()), ("pallas", ("--pallas",))):
+        _run("train", 1, root / name, data, root / f"{name}.npz", *extra)
+        out[name] = dict(np.load(root / f"{name}.npz"))
+    return out
+
+
+def _assert_same_run(got, want):
+    assert set(got) == set(want)
+    np.testing.assert_allclose(got["losses"], want["losses"], rtol=1e-5)
+    for key in want:
+        scale = np.max(np.abs(want[key])) + 1e-30
+        error = np.max(np.abs(got[key] - want[key])) / scale
+        assert error < RTOL, (key, error)
+
+
+@pytest.mark.parametrize("path", ["xla", "pallas"])
+def test_eight_devices_match_one(one_device, data, tmp_path, path):
+    extra = ("--pallas",) if path == "pallas" else ()
+    _run("train", 8, tmp_path / "w", data, tmp_path / "r.npz", *extra)
+    _assert_same_run(dict(np.load(tmp_path / "r.npz")), one_device[path])
+
+
+def test_pallas_path_matches_xla_path(one_device):
+    _assert_same_run(one_device["pallas"], one_device["xla"])
+
+
+def test_step_lowers_for_tpu_and_cuda_on_the_mesh(data, tmp_path):
+    _run("lower", 8, tmp_path / "w", data, tmp_path / "lower.json")
+    result = json.loads((tmp_path / "lower.json").read_text())
+    # The batch stays sharded over "data" in both; on CUDA every adder kernel (3 adder layers:
+    # forward, input and filter gradients) sits in a shard_map over the mesh.
+    assert result["tpu"]["sharded_batch"] > 0 and result["tpu"]["triton_calls"] == 0
+    assert result["cuda"]["triton_calls"] > 0
+    assert result["cuda"]["manual_computations"] == 9
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(one_device, data, tmp_path):
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                "train",
+                2,
+                tmp_path / "w",
+                data,
+                tmp_path / "r.npz",
+                f"--process-id={i}",
+                "--process-count=2",
+                f"--port={port}",
+            ),
+            cwd=ROOT,
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-4000:]
+    _assert_same_run(dict(np.load(tmp_path / "r.npz")), one_device["xla"])
+    # One copy of each checkpoint, written once for both processes.
+    steps = sorted(p.name for p in (tmp_path / "w" / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps == ["3"]
