@@ -61,6 +61,7 @@ class AdderConv(nnx.Module):
       p: the norm, a float in [1, 2] (1 is the AdderNet). A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", the input gradient rule of `adderjax.ops.adder_conv`.
       implementation: None (the best for the backend), "xla" or "pallas".
+      interpret: with implementation="pallas", run the kernels in Pallas interpret mode.
       rngs: the `nnx.Rngs` the parameters are initialised from.
       kernel_metadata, bias_metadata: metadata (e.g. sharding) for the two `nnx.Param`.
 
@@ -98,6 +99,7 @@ class AdderConv(nnx.Module):
         p: float = 1.0,
         input_grad: str = "hardtanh",
         implementation: str | None = None,
+        interpret: bool = False,
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
@@ -130,6 +132,9 @@ class AdderConv(nnx.Module):
         self.p = p
         self.input_grad = input_grad
         self.implementation = implementation
+        if not isinstance(interpret, bool):
+            raise ValueError(f"interpret must be a bool, got interpret={interpret!r}")
+        self.interpret = interpret
 
     def __call__(self, inputs: Array, *, p: float | jax.Array | None = None) -> Array:
         """Applies the adder convolution.
@@ -158,6 +163,7 @@ class AdderConv(nnx.Module):
             p=p,
             input_grad=self.input_grad,
             implementation=self.implementation,
+            interpret=self.interpret,
         )
 
 
@@ -178,6 +184,7 @@ class AdderLinear(nnx.Module):
       p: the norm, a float in [1, 2]. A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", as in `adderjax.ops.adder_dense`.
       implementation: None (the best for the backend), "xla" or "pallas".
+      interpret: with implementation="pallas", run the kernels in Pallas interpret mode.
       rngs: the `nnx.Rngs` the parameters are initialised from.
       kernel_metadata, bias_metadata: metadata (e.g. sharding) for the two `nnx.Param`.
 
@@ -209,6 +216,7 @@ class AdderLinear(nnx.Module):
         p: float = 1.0,
         input_grad: str = "hardtanh",
         implementation: str | None = None,
+        interpret: bool = False,
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
@@ -234,6 +242,9 @@ class AdderLinear(nnx.Module):
         self.p = p
         self.input_grad = input_grad
         self.implementation = implementation
+        if not isinstance(interpret, bool):
+            raise ValueError(f"interpret must be a bool, got interpret={interpret!r}")
+        self.interpret = interpret
 
     def __call__(self, inputs: Array, *, p: float | jax.Array | None = None) -> Array:
         """Applies the adder dense layer to the last axis of ``inputs``.
@@ -258,5 +269,6 @@ class AdderLinear(nnx.Module):
             p=p,
             input_grad=self.input_grad,
             implementation=self.implementation,
+            interpret=self.interpret,
         )
         return _add_bias(y, bias)

@@ -338,3 +338,20 @@ def test_doctests():
     result = doctest.testmod(adder_nn)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+@pytest.mark.parametrize("layer", ["conv", "dense"])
+def test_interpret_runs_the_pallas_kernels(layer):
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
+    if layer == "conv":
+        make = lambda **kw: adder_nn.AdderConv(4, (3, 3), padding=1, **kw)  # noqa: E731
+    else:
+        make = lambda **kw: adder_nn.AdderDense(4, **kw)  # noqa: E731
+    variables = make(implementation="xla").init(jax.random.key(0), x)
+    want = make(implementation="xla").apply(variables, x)
+    layer_pallas = make(implementation="pallas", interpret=True)
+    jaxpr = str(jax.make_jaxpr(lambda v: layer_pallas.apply(v, x))(variables))
+    assert "pallas_call" in jaxpr
+    np.testing.assert_allclose(layer_pallas.apply(variables, x), want, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="interpret=True runs the Pallas kernels"):
+        make(implementation="xla", interpret=True).apply(variables, x)

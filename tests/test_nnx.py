@@ -322,3 +322,13 @@ def test_doctests():
     result = doctest.testmod(adder_nnx)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_interpret_runs_the_pallas_kernels():
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 3)).astype(np.float32)
+    layer = adder_nnx.AdderConv(3, 4, (3, 3), padding=1, implementation="xla", rngs=nnx.Rngs(0))
+    want = layer(x)
+    layer.implementation, layer.interpret = "pallas", True
+    np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="interpret must be a bool"):
+        adder_nnx.AdderLinear(3, 4, interpret="yes", rngs=nnx.Rngs(0))

@@ -16,3 +16,5 @@ def test_readme_python_blocks_run():
     assert namespace["y"].shape == (8, 32, 32, 32)
     assert namespace["logits"].shape == (8, 10)
     assert hasattr(namespace["tx"], "update")
+    assert namespace["lenet_logits"].shape == (8, 10)
+    assert namespace["y_mesh"].shape == (8, 32, 32, 32)

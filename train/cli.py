@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
 
@@ -19,7 +20,57 @@ CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 USER_ERRORS = (config_checks.ConfigError, data_sources.DataError)
 
 
+def define_distributed_flags() -> None:
+    """Multi-host flags; each defaults to its JAX_* environment variable."""
+    flags.DEFINE_string(
+        "coordinator_address",
+        os.environ.get("JAX_COORDINATOR_ADDRESS"),
+        "host:port of process 0, for a multi-host run (env JAX_COORDINATOR_ADDRESS).",
+    )
+    flags.DEFINE_integer(
+        "num_processes",
+        _env_int("JAX_NUM_PROCESSES"),
+        "Number of processes of a multi-host run (env JAX_NUM_PROCESSES).",
+    )
+    flags.DEFINE_integer(
+        "process_id", _env_int("JAX_PROCESS_ID"), "This process's id (env JAX_PROCESS_ID)."
+    )
+    flags.DEFINE_bool(
+        "distributed",
+        False,
+        "Call jax.distributed.initialize() and let it detect the cluster (TPU VM slices, "
+        "SLURM, Open MPI); not needed when --coordinator_address is given.",
+    )
+
+
+def _env_int(name: str) -> int | None:
+    value = os.environ.get(name)
+    return int(value) if value else None
+
+
+def initialize_distributed() -> None:
+    """Joins a multi-host run when the flags (or environment) describe one."""
+    f = flags.FLAGS
+    if f.coordinator_address is None and not f.distributed:
+        return
+    import jax
+
+    if f.coordinator_address is not None and (f.num_processes is None or f.process_id is None):
+        raise config_checks.ConfigError(
+            f"--coordinator_address={f.coordinator_address} needs --num_processes and "
+            f"--process_id (or JAX_NUM_PROCESSES and JAX_PROCESS_ID)"
+        )
+    # CPU processes need a collectives backend to talk to each other (GPU and TPU have theirs).
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(
+        coordinator_address=f.coordinator_address,
+        num_processes=f.num_processes,
+        process_id=f.process_id,
+    )
+
+
 def define_flags(default_config: str) -> None:
+    define_distributed_flags()
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots.")
     config_flags.DEFINE_config_file(
         "config",
@@ -43,6 +94,7 @@ def train_main(argv) -> None:
     """The `main` of the training programs (absl.app calls it after parsing flags)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    exit_on_user_error(initialize_distributed)
     from train import train  # jax is imported only after the flags parsed
 
     result = exit_on_user_error(

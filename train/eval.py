@@ -18,6 +18,7 @@ from absl import app, flags
 
 from train import cli
 
+cli.define_distributed_flags()
 flags.DEFINE_string("workdir", None, "A training workdir (its checkpoints/ are read).")
 flags.DEFINE_string("checkpoint", None, "A checkpoint directory: WORKDIR/checkpoints/STEP.")
 flags.DEFINE_bool("best", False, "With --workdir: the best checkpoint, not the newest.")
@@ -94,6 +95,7 @@ def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS
+    cli.exit_on_user_error(cli.initialize_distributed)
     result = cli.exit_on_user_error(
         lambda: evaluate_checkpoint(
             f.workdir,

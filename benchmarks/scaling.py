@@ -1,0 +1,115 @@
+"""Data-parallel scaling of a ResNet-20 AdderNet training step: images/s on 1, 2, 4, 8 devices.
+
+    python benchmarks/scaling.py [--per-device-batch 32] [--steps 5] [--implementation xla]
+
+Weak scaling: each device gets `--per-device-batch` images, the global batch grows with the
+device count, the step is the trainer's own (`train.train.train_step`, jitted over a "data"
+mesh of the first n devices). Reports the median step time and images/s, and the speedup
+and efficiency against 1 device measured in the same run.
+
+On a machine without accelerators the devices are simulated CPU devices
+(--xla_force_host_platform_device_count) that share the machine's cores: the table then shows
+the cost of partitioning the step, not how it scales on real devices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import time
+
+DEVICE_COUNTS = (1, 2, 4, 8)
+
+
+def _args():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--per-device-batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per device count")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--implementation", default=None, help="None, 'xla' or 'pallas'")
+    parser.add_argument("--model", default="resnet20")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = _args()
+    # Simulated devices must be asked for before jax starts; harmless on GPU/TPU hosts.
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count=8"
+
+    import jax
+    import numpy as np
+    from jax.sharding import AxisType, Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from train import data_sources, schedules, train
+    from train.configs import cifar10
+
+    config = cifar10.get_config()
+    config.model = args.model
+    config.implementation = args.implementation
+    info = data_sources.DATASETS["cifar10"]
+    model = train.create_model(config, info.num_classes)
+    tx = train.make_optimizer(config, steps_per_epoch=196)
+    lr_fn = schedules.learning_rate(config, 196)
+    devices = jax.devices()
+    print(
+        f"{args.model} training step, {jax.default_backend()} backend, "
+        f"{len(devices)} devices ({devices[0].device_kind}), "
+        f"{args.per_device_batch} images per device, median of {args.steps}"
+    )
+    print()
+    print("| devices | global batch | step ms | images/s | speedup | efficiency |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    base = None
+    rng = np.random.default_rng(0)
+    for n in DEVICE_COUNTS:
+        if n > len(devices):
+            print(f"| {n} | - | - | - | - | (only {len(devices)} devices) |")
+            continue
+        mesh = Mesh(np.asarray(devices[:n]), ("data",), axis_types=(AxisType.Auto,))
+        batch_sharding = NamedSharding(mesh, P("data"))
+        replicated = NamedSharding(mesh, P())
+        global_batch = n * args.per_device_batch
+        with jax.set_mesh(mesh):
+            init = functools.partial(
+                train.create_train_state, model=model, shape=(32, 32, 3), tx=tx
+            )
+            state = jax.jit(init, out_shardings=replicated)(jax.random.key(0))
+            step = jax.jit(
+                functools.partial(train.train_step, info=info, label_smoothing=0.0, lr_fn=lr_fn),
+                in_shardings=(replicated, batch_sharding, replicated),
+                out_shardings=(replicated, replicated),
+                donate_argnums=0,
+            )
+            batch = {
+                "image": jax.device_put(
+                    rng.integers(0, 256, (global_batch, 32, 32, 3), dtype=np.uint8),
+                    batch_sharding,
+                ),
+                "label": jax.device_put(
+                    rng.integers(0, 10, (global_batch,), dtype=np.int32), batch_sharding
+                ),
+            }
+            p = jax.device_put(np.float32(1.0), replicated)
+            times = []
+            for i in range(args.warmup + args.steps):
+                t0 = time.perf_counter()
+                state, metrics = step(state, batch, p)
+                jax.block_until_ready((state, metrics))
+                if i >= args.warmup:
+                    times.append(time.perf_counter() - t0)
+        median = statistics.median(times)
+        ips = global_batch / median
+        base = base or ips
+        print(
+            f"| {n} | {global_batch} | {median * 1e3:.1f} | {ips:.1f} | {ips / base:.2f} | "
+            f"{ips / base / n:.2f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
