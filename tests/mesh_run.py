@@ -23,6 +23,7 @@ def _args():
     parser.add_argument("--out", required=True)
     parser.add_argument("--pallas", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--process-count", type=int, default=1)
     parser.add_argument("--port", type=int, default=0)
@@ -40,6 +41,7 @@ def _config(args):
     config.log_every_steps = 1
     config.progress_bar = False
     config.plots = False
+    config.fsdp_size = args.fsdp
     if args.pallas:
         config.implementation = "pallas"
         config.interpret = True
@@ -100,7 +102,7 @@ def _lower(args):
             "num_partitions": text.count("mhlo.num_partitions = 8"),
             "triton_calls": text.count("__gpu$xla.gpu.triton"),
             "manual_computations": text.count("sdy.manual_computation"),
-            "sharded_batch": text.count('{"data"}'),
+            "sharded_batch": text.count('"data"'),
         }
     with open(args.out, "w") as f:
         json.dump(out, f)

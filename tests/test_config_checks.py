@@ -19,6 +19,8 @@ from train.configs import cifar10, cifar100, default, imagenet, mnist
         ("data_format", "idx", "config.data_format='idx' is invalid"),
         ("momentum", 1.0, "config.momentum=1.0 is invalid"),
         ("adder", "yes", "config.adder='yes' is invalid: expected True or False"),
+        ("fsdp_size", 3, "config.fsdp_size=3 is invalid: expected a divisor of the device count"),
+        ("interpret", True, "config.interpret=True is invalid: expected False unless"),
     ],
 )
 def test_bad_configs_are_one_line_errors(key, value, message):

@@ -84,9 +84,16 @@ def _assert_same_run(got, want):
         assert error < RTOL, (key, error)
 
 
-@pytest.mark.parametrize("path", ["xla", "pallas"])
-def test_eight_devices_match_one(one_device, data, tmp_path, path):
-    extra = ("--pallas",) if path == "pallas" else ()
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("xla", ()),
+        ("pallas", ("--pallas",)),
+        # Parameters and optimizer state split over 4 devices (2 groups of data parallelism).
+        ("xla", ("--fsdp=4",)),
+    ],
+)
+def test_eight_devices_match_one(one_device, data, tmp_path, path, extra):
     _run("train", 8, tmp_path / "w", data, tmp_path / "r.npz", *extra)
     _assert_same_run(dict(np.load(tmp_path / "r.npz")), one_device[path])
 

@@ -135,3 +135,12 @@ def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
 def test_batch_larger_than_the_dataset(idx_dir, tmp_path):
     with pytest.raises(config_checks.ConfigError, match="larger than the 64 training examples"):
         train.train_and_evaluate(_lenet_config(idx_dir, batch_size=128), tmp_path)
+
+
+def test_fsdp_spec_splits_the_largest_divisible_axis():
+    P = jax.sharding.PartitionSpec
+    assert train.fsdp_spec((3, 3, 16, 32), 4) == P(None, None, None, "fsdp")
+    assert train.fsdp_spec((64, 10), 4) == P("fsdp", None)
+    assert train.fsdp_spec((10,), 4) == P()  # nothing divides: replicated
+    assert train.fsdp_spec((), 4) == P()
+    assert train.fsdp_spec((3, 3, 16, 32), 1) == P()

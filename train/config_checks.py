@@ -83,6 +83,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         _at_least(config, key, 1, integer=True)
     _at_least(config, "keep_checkpoints", 1, integer=True)
     _at_least(config, "worker_count", 0, integer=True)
+    _at_least(config, "fsdp_size", 1, integer=True)
+    if device_count % config.fsdp_size:
+        raise _bad("fsdp_size", config.fsdp_size, f"a divisor of the device count {device_count}")
     _at_least(config, "image_size", 8, integer=True)
     _number(config, "num_train_steps", integer=True)
     _number(config, "steps_per_eval", integer=True)

@@ -194,6 +194,17 @@ def evaluate(jitted_eval, state, batches, p, sharding) -> dict[str, float]:
     }
 
 
+def fsdp_spec(shape: tuple[int, ...], size: int) -> P:
+    """Splits a state array over "fsdp" along its largest axis that divides by `size`
+    (replicated when none does, or when size is 1)."""
+    axes = [i for i, n in enumerate(shape) if size > 1 and n % size == 0]
+    if not axes:
+        return P()
+    spec = [None] * len(shape)
+    spec[max(axes, key=lambda i: shape[i])] = "fsdp"
+    return P(*spec)
+
+
 class _Run:
     """What one call of `train_and_evaluate` builds: mesh, data, model, jitted steps."""
 
@@ -202,10 +213,13 @@ class _Run:
         config_checks.validate(config, device_count=len(devices))
         self.config = config
         self.workdir = workdir
-        # Auto axes: XLA partitions the step from the batch sharding (GSPMD); the adder
-        # op's Pallas path puts its kernels in a shard_map over the same mesh.
-        self.mesh = Mesh(np.asarray(devices), ("data",), axis_types=(AxisType.Auto,))
-        self.batch_sharding = NamedSharding(self.mesh, P("data"))
+        # Auto axes: XLA partitions the step from the shardings (GSPMD); the adder op's
+        # Pallas path puts its kernels in a shard_map over the same mesh. "fsdp" (size 1
+        # unless config.fsdp_size > 1) also splits the state, as fully sharded data
+        # parallelism does; the batch is split over both axes.
+        grid = np.asarray(devices).reshape(-1, config.fsdp_size)
+        self.mesh = Mesh(grid, ("data", "fsdp"), axis_types=(AxisType.Auto,) * 2)
+        self.batch_sharding = NamedSharding(self.mesh, P(("data", "fsdp")))
         self.replicated = NamedSharding(self.mesh, P())
         self.process_index, self.process_count = jax.process_index(), jax.process_count()
 
@@ -230,7 +244,10 @@ class _Run:
         self.shape = image_shape(config, self.info)
         init = functools.partial(create_train_state, model=self.model, shape=self.shape, tx=self.tx)
         self.abstract_state = jax.eval_shape(init, jax.random.key(0))
-        state_sharding = jax.tree.map(lambda _: self.replicated, self.abstract_state)
+        state_sharding = jax.tree.map(
+            lambda a: NamedSharding(self.mesh, fsdp_spec(a.shape, config.fsdp_size)),
+            self.abstract_state,
+        )
         self.init_state = jax.jit(init, out_shardings=state_sharding)
         self.abstract_state = jax.tree.map(
             lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),

@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
     # "imagenet" (random resized crop to image_size and flip; eval: resize, center crop).
     config.augment = "cifar"
     config.image_size = 224  # only used by the "imagenet" augmentation
+    # Devices per group that split the parameters and optimizer state among themselves
+    # (fully sharded data parallelism, for models too big to replicate); 1 replicates them.
+    config.fsdp_size = 1
     # grain worker processes per host (0 reads in the main process).
     config.worker_count = 2
 
