@@ -34,7 +34,14 @@ def manager(
     policy = pp.AnyPreservationPolicy(
         [
             pp.LatestN(n=keep),
-            pp.BestN(get_metric_fn=lambda m: m[BEST_METRIC], reverse=False, n=1),
+            # Checkpoints without an evaluation are kept by LatestN alone (BestN would keep
+            # every one of them).
+            pp.BestN(
+                get_metric_fn=lambda m: m[BEST_METRIC],
+                reverse=False,
+                n=1,
+                keep_checkpoints_without_metrics=False,
+            ),
         ]
     )
     options = ocp.CheckpointManagerOptions(

@@ -1,8 +1,8 @@
 """The trainer behind every program: `train_and_evaluate(config, workdir)`.
 
-A data-parallel step jitted over a one-axis device mesh ("data"): the global batch is
-sharded, the train state replicated, so gradients and BatchNorm statistics are those of the
-whole global batch on 1 or N devices. The l_p exponent and the learning rate are functions
+A data-parallel step jitted over a device mesh ("data", "fsdp"): the global batch is
+sharded over both axes, the train state replicated (or split over "fsdp"), so gradients and
+BatchNorm statistics are those of the whole global batch on 1 or N devices. The l_p exponent and the learning rate are functions
 of the step, p enters the step as an argument (one compilation for every p), and each epoch
 ends with an evaluation (top-1 and top-5) and an orbax checkpoint from which a restarted run
 resumes, data iterator included.
@@ -136,7 +136,7 @@ def train_step(state: TrainState, batch, p, *, info, label_smoothing: float, lr_
         loss = optax.softmax_cross_entropy(logits, targets).mean()
         return loss, (logits, updates)
 
-    grads, (loss, (logits, updates)) = _grad_and_value(loss_fn)(state.params)
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
     metrics = {
         "loss": loss,
@@ -145,16 +145,6 @@ def train_step(state: TrainState, batch, p, *, info, label_smoothing: float, lr_
         "p": jnp.asarray(p, jnp.float32),
     }
     return new_state, metrics
-
-
-def _grad_and_value(loss_fn):
-    vg = jax.value_and_grad(loss_fn, has_aux=True)
-
-    def f(params):
-        (loss, aux), grads = vg(params)
-        return grads, (loss, aux)
-
-    return f
 
 
 def eval_step(state: TrainState, batch, p, *, info):
@@ -174,7 +164,7 @@ def eval_step(state: TrainState, batch, p, *, info):
 
 
 def _global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """This host's rows of the global batch, as global arrays sharded over "data"."""
+    """This host's rows of the global batch, as global arrays with the batch sharding."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
