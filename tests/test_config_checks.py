@@ -2,6 +2,8 @@
 
 import ml_collections
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from train import config_checks
 from train.configs import cifar10, cifar100, default, imagenet, mnist
@@ -35,3 +37,41 @@ def test_bad_configs_are_one_line_errors(key, value, message):
 def test_every_config_file_is_valid():
     for module in (default, mnist, cifar10, cifar100, imagenet):
         config_checks.validate(module.get_config(), device_count=8)
+
+
+ANY_VALUE = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**40), 2**40),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=6),
+    st.sampled_from(["resnet20", "cifar10", "tfds", "idx", "pallas", "lp", "bfloat16", "cifar"]),
+    st.lists(st.integers(0, 3), max_size=2),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    changes=st.dictionaries(st.sampled_from(sorted(default.get_config())), ANY_VALUE, max_size=3),
+    device_count=st.integers(1, 16),
+)
+def test_random_configs_pass_or_fail_with_one_line(changes, device_count):
+    config = ml_collections.ConfigDict(default.get_config().to_dict(), type_safe=False)
+    config.update(changes)
+    try:
+        config_checks.validate(config, device_count=device_count)
+    except config_checks.ConfigError as e:
+        message = str(e)
+        assert "\n" not in message and message.startswith("config")
+        return
+    # Accepted: every changed value is one the programs can run with.
+    for key, value in changes.items():
+        assert value is None or not isinstance(value, list), (key, value)
+    assert config.batch_size % device_count == 0
+
+
+def test_missing_keys_are_named():
+    config = default.get_config()
+    del config["eta"]
+    with pytest.raises(config_checks.ConfigError, match="config is missing eta: start"):
+        config_checks.validate(config, device_count=1)

@@ -8,6 +8,8 @@ import datafiles
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from train import data_sources
 from train.data_sources import DataError, open_source
@@ -448,3 +450,19 @@ def test_open_source_argument_errors(dataset, split, data_format, data_dir, erro
     with pytest.raises(error) as excinfo:
         open_source(dataset, split, data_format=data_format, data_dir=data_dir)
     assert_one_line_error(excinfo, *fragments)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=64), gz=st.booleans())
+def test_random_bytes_as_idx_give_data_error_or_an_array(tmp_path_factory, data, gz):
+    """Whatever the bytes, read_idx returns the array they describe or one DataError line
+    naming the file; never another exception."""
+    path = tmp_path_factory.mktemp("fuzz") / ("f.gz" if gz else "f")
+    path.write_bytes(gzip.compress(data) if gz else data)
+    try:
+        array = data_sources.read_idx(path)
+    except data_sources.DataError as e:
+        assert "\n" not in str(e) and str(path) in str(e)
+        return
+    assert array.dtype == np.uint8
+    assert array.size == len(data) - 4 - 4 * array.ndim

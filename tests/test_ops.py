@@ -390,3 +390,46 @@ def test_forward_and_vjp_lower_for_accelerators(platform):
 
     text = jax.jit(f).trace(x, w, jnp.float32(1.5)).lower(lowering_platforms=(platform,)).as_text()
     assert "stablehlo.while" in text and "stablehlo.convolution" in text
+
+
+_FUZZ_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.text(max_size=5),
+    st.sampled_from(["SAME", "VALID", "hardtanh", "lp", "xla", "pallas"]),
+    st.tuples(st.integers(-1, 3), st.integers(-1, 3)),
+    st.lists(st.tuples(st.integers(-2, 2), st.integers(-2, 2)), max_size=3),
+)
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    x_shape=st.lists(st.integers(0, 5), min_size=0, max_size=5),
+    w_shape=st.lists(st.integers(0, 4), min_size=0, max_size=5),
+    dtype=st.sampled_from([np.float32, np.int32, np.float16, np.complex64, np.bool_]),
+    strides=_FUZZ_VALUES,
+    padding=_FUZZ_VALUES,
+    p=_FUZZ_VALUES,
+    input_grad=_FUZZ_VALUES,
+    implementation=_FUZZ_VALUES,
+)
+def test_random_arguments_give_a_clear_error_or_the_reference(
+    x_shape, w_shape, dtype, strides, padding, p, input_grad, implementation
+):
+    """Arbitrary arguments: one clear ValueError line, or the reference's answer."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=x_shape).astype(dtype)
+    w = rng.normal(size=w_shape).astype(dtype)
+    try:
+        y = adderjax.adder_conv(
+            x, w, strides, padding, p=p, input_grad=input_grad, implementation=implementation
+        )
+    except ValueError as e:
+        assert "\n" not in str(e), str(e)
+        return
+    expected = reference.adder_conv(x, w, strides, padding, p=p)
+    np.testing.assert_allclose(
+        np.asarray(y, np.float32), np.asarray(expected, np.float32), rtol=1e-4, atol=1e-3
+    )

@@ -1,5 +1,10 @@
 """Orbax checkpoints of a training run: the train state, the data iterator and the config.
 
+Every checkpoint gets a manifest of SHA-256 digests of its files once orbax has finished it;
+`restore_latest` checks the newest checkpoint against it (and that orbax can read it), and
+when it is damaged says so, moves it aside (never deletes it) and falls back to the next
+newest, down to the oldest.
+
 One `CheckpointManager` under `workdir/checkpoints` keeps the newest `keep` checkpoints and
 the best one by evaluation top-1. Each checkpoint holds three items: `state` (parameters,
 batch statistics, optimizer state, step), `data` (the grain iterator's position, so a
@@ -9,18 +14,36 @@ the metrics of that step, so `train.eval` can rebuild the model from a checkpoin
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
+import time
 from typing import Any
 
 import grain.python as grain
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
-__all__ = ["BEST_METRIC", "checkpoint_dir", "config_from_meta", "manager", "restore", "save"]
+__all__ = [
+    "BEST_METRIC",
+    "CheckpointError",
+    "checkpoint_dir",
+    "config_from_meta",
+    "manager",
+    "restore",
+    "restore_latest",
+    "save",
+    "verify",
+]
 
 BEST_METRIC = "eval_top1"
+MANIFEST = "adderjax_manifest.json"
+
+
+class CheckpointError(ValueError):
+    """No checkpoint of a workdir can be used; the message is one line."""
 
 
 def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
@@ -79,6 +102,89 @@ def save(
     ranked = {k: v for k, v in (metrics or {}).items() if k == BEST_METRIC}
     mngr.save(step, args=ocp.args.Composite(**items), metrics=ranked or None, force=True)
     mngr.wait_until_finished()
+    if jax.process_index() == 0:
+        _write_manifest(_step_dir(mngr, step))
+
+
+def _step_dir(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    return pathlib.Path(mngr.directory) / str(step)
+
+
+def _digests(directory: pathlib.Path) -> dict[str, str]:
+    out = {}
+    for path in sorted(directory.rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            out[str(path.relative_to(directory))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def _write_manifest(directory: pathlib.Path) -> None:
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(_digests(directory), indent=0))
+    tmp.replace(directory / MANIFEST)  # atomic: a manifest is whole or absent
+
+
+def verify(mngr: ocp.CheckpointManager, step: int) -> str | None:
+    """What is wrong with checkpoint `step`'s files, or None when they match its manifest.
+
+    A checkpoint without a manifest (the run died between orbax's commit and the manifest)
+    is taken as orbax left it; reading it is the remaining check.
+    """
+    directory = _step_dir(mngr, step)
+    manifest = directory / MANIFEST
+    if not manifest.exists():
+        return None
+    try:
+        want = json.loads(manifest.read_text())
+    except (OSError, ValueError) as e:
+        return f"unreadable manifest {manifest}: {e}"
+    got = _digests(directory)
+    for name in sorted(set(want) | set(got)):
+        if name not in got:
+            return f"file {name} is missing"
+        if name not in want:
+            return f"file {name} was not part of it"
+        if got[name] != want[name]:
+            return f"file {name} does not match its checksum"
+    return None
+
+
+def _set_aside(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    """Moves a damaged checkpoint out of the manager's sight, keeping it for inspection."""
+    target = pathlib.Path(mngr.directory) / f"damaged-{step}-{int(time.time())}"
+    if jax.process_index() == 0:
+        _step_dir(mngr, step).rename(target)
+    mngr.reload()
+    return target
+
+
+def restore_latest(
+    mngr: ocp.CheckpointManager, abstract_state: Any, *, data_iterator: Any | None = None, log=print
+) -> tuple[Any, dict, int] | None:
+    """The newest checkpoint that is whole and readable: (state, meta, step), or None when
+    there is none at all. Damaged ones are reported through `log` and set aside.
+
+    Raises:
+      CheckpointError: checkpoints exist but none can be read.
+    """
+    problems = []
+    for step in sorted(mngr.all_steps(), reverse=True):
+        problem = verify(mngr, step)
+        if problem is None:
+            try:
+                state, meta = restore(mngr, step, abstract_state, data_iterator=data_iterator)
+                return state, meta, step
+            except Exception as e:  # orbax, tensorstore and grain raise many kinds
+                problem = f"it cannot be read ({type(e).__name__}: {str(e).splitlines()[0]})"
+        moved = _set_aside(mngr, step)
+        log(f"checkpoint {step} in {mngr.directory} is damaged: {problem}; moved to {moved}")
+        problems.append(step)
+    if problems:
+        raise CheckpointError(
+            f"no usable checkpoint in {mngr.directory}: steps {problems} are damaged (moved "
+            f"aside); start a new run with another --workdir or repair them"
+        )
+    return None
 
 
 def restore(

@@ -12,12 +12,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import config_checks, data_sources
+from train import checkpointing, config_checks, data_sources
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 # Errors a user can fix from the command line: printed as one line, never a traceback.
-USER_ERRORS = (config_checks.ConfigError, data_sources.DataError)
+USER_ERRORS = (config_checks.ConfigError, data_sources.DataError, checkpointing.CheckpointError)
 
 
 def define_distributed_flags() -> None:
@@ -97,9 +97,16 @@ def train_main(argv) -> None:
     exit_on_user_error(initialize_distributed)
     from train import train  # jax is imported only after the flags parsed
 
-    result = exit_on_user_error(
-        lambda: train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-    )
+    try:
+        result = exit_on_user_error(
+            lambda: train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
+        )
+    except train.Interrupted as e:
+        print(str(e), file=sys.stderr)
+        sys.exit(128 + e.signum)  # the shell's convention for death by a signal
+    except train.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
     print(
         f"final test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
         f"({result['count']} images, step {result['step']})"

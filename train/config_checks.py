@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import ml_collections
 
 from adderjax import models
 from train import data_sources, input_pipeline
+from train.configs import default
 
 __all__ = ["ConfigError", "validate"]
 
@@ -30,6 +32,8 @@ def _number(config, key: str, *, integer: bool = False):
     kind = numbers.Integral if integer else numbers.Real
     if isinstance(value, bool) or not isinstance(value, kind):
         raise _bad(key, value, "an integer" if integer else "a number")
+    if not math.isfinite(value):
+        raise _bad(key, value, "a finite number")
     return value
 
 
@@ -51,6 +55,12 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
       config: a config of `train.configs`.
       device_count: the number of devices the global batch is split over.
     """
+    missing = sorted(set(default.get_config().keys()) - set(config.keys()))
+    if missing:
+        raise ConfigError(
+            f"config is missing {', '.join(missing)}: start a config file from "
+            f"train/configs/default.py"
+        )
     _one_of(config, "model", sorted(models.MODELS))
     _one_of(config, "dataset", sorted(data_sources.DATASETS))
     _one_of(config, "data_format", DATA_FORMATS)
@@ -82,6 +92,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     for key in ("eval_every_epochs", "checkpoint_every_epochs", "log_every_steps"):
         _at_least(config, key, 1, integer=True)
     _at_least(config, "keep_checkpoints", 1, integer=True)
+    _at_least(config, "checkpoint_every_steps", 0, integer=True)
+    if not isinstance(config.skip_nonfinite, bool):
+        raise _bad("skip_nonfinite", config.skip_nonfinite, "True or False")
     _at_least(config, "worker_count", 0, integer=True)
     _at_least(config, "fsdp_size", 1, integer=True)
     if device_count % config.fsdp_size:
@@ -89,7 +102,14 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _at_least(config, "image_size", 8, integer=True)
     _number(config, "num_train_steps", integer=True)
     _number(config, "steps_per_eval", integer=True)
-    _number(config, "seed", integer=True)
+    seed = _number(config, "seed", integer=True)
+    if not 0 <= seed < 2**32:
+        raise _bad("seed", seed, "an integer in [0, 2**32)")
+    for key in ("plots", "progress_bar"):
+        if not isinstance(config[key], bool):
+            raise _bad(key, config[key], "True or False")
+    if config.data_dir is not None and not isinstance(config.data_dir, str):
+        raise _bad("data_dir", config.data_dir, "a directory path or None")
 
     lr = _number(config, "learning_rate")
     if not lr > 0:

@@ -2,10 +2,10 @@
 
 A data-parallel step jitted over a device mesh ("data", "fsdp"): the global batch is
 sharded over both axes, the train state replicated (or split over "fsdp"), so gradients and
-BatchNorm statistics are those of the whole global batch on 1 or N devices. The l_p exponent and the learning rate are functions
-of the step, p enters the step as an argument (one compilation for every p), and each epoch
-ends with an evaluation (top-1 and top-5) and an orbax checkpoint from which a restarted run
-resumes, data iterator included.
+BatchNorm statistics are those of the whole global batch on 1 or N devices. The l_p exponent
+and the learning rate are functions of the step, p enters the step as an argument (one
+compilation for every p), and each epoch ends with an evaluation (top-1 and top-5) and an
+orbax checkpoint from which a restarted run resumes, data iterator included.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 import functools
 import json
 import pathlib
+import signal
+import sys
+import threading
 import time
 from typing import Any
 
@@ -119,8 +122,14 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn):
-    """One SGD step on a global batch; returns the new state and the batch's metrics."""
+def train_step(
+    state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn, skip_nonfinite=False
+):
+    """One SGD step on a global batch; returns the new state and the batch's metrics.
+
+    The metrics say whether the loss and every gradient leaf were finite; with
+    `skip_nonfinite` a step that was not leaves the state as it was (but for the step count).
+    """
     images = _normalize(batch["image"], info)
     labels = batch["label"]
 
@@ -138,11 +147,18 @@ def train_step(state: TrainState, batch, p, *, info, label_smoothing: float, lr_
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    finite = jnp.isfinite(loss) & jnp.all(grad_finite)
+    if skip_nonfinite:
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        new_state = new_state.replace(step=state.step + 1)
     metrics = {
         "loss": loss,
         "top1": _topk_correct(logits, labels, 1).mean(),
         "learning_rate": lr_fn(state.step),
         "p": jnp.asarray(p, jnp.float32),
+        "finite": finite,
+        "grad_finite": grad_finite,
     }
     return new_state, metrics
 
@@ -250,6 +266,7 @@ class _Run:
                 info=self.info,
                 label_smoothing=config.label_smoothing,
                 lr_fn=self.lr_fn,
+                skip_nonfinite=config.skip_nonfinite,
             ),
             in_shardings=(state_sharding, self.batch_sharding, self.replicated),
             out_shardings=(state_sharding, self.replicated),
@@ -281,6 +298,12 @@ class _Run:
             **common,
         )
 
+    @functools.cached_property
+    def param_names(self) -> list[str]:
+        """Parameter paths in the order of `jax.tree.leaves` of the gradients."""
+        leaves = jax.tree_util.tree_flatten_with_path(self.abstract_state.params)[0]
+        return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+
     def p(self, step: int) -> np.float32:
         return np.float32(schedules.p_at_step(self.config, step, self.steps_per_epoch))
 
@@ -308,15 +331,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # The mesh in context: the Pallas path of the adder op splits its kernels over it.
     with jax.set_mesh(run.mesh):
         data_iter = iter(run.loader)
-        latest = mngr.latest_step()
-        if latest is None:
+        _check_resumable(mngr, config)
+        restored = checkpointing.restore_latest(
+            mngr, run.abstract_state, data_iterator=data_iter, log=_warn
+        )
+        if restored is None:
             state = run.init_state(jax.random.key(config.seed))
             start_step = 0
         else:
-            state, _ = checkpointing.restore(
-                mngr, latest, run.abstract_state, data_iterator=data_iter
-            )
-            start_step = int(jax.device_get(state.step))
+            state, _, start_step = restored
             logging.info("resumed from %s at step %d", mngr.directory, start_step)
 
         writer = reporting.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
@@ -326,10 +349,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             enabled=is_chief and config.progress_bar,
             log_every=config.log_every_steps,
         )
-        final, state = _train_loop(run, state, start_step, data_iter, mngr, writer, bar)
-    bar.close()
-    writer.close()
-    mngr.close()
+        try:
+            final, state = _train_loop(run, state, start_step, data_iter, mngr, writer, bar)
+        finally:
+            bar.close()
+            writer.close()
+            mngr.close()
     if is_chief:
         (workdir / "results.json").write_text(json.dumps(final, indent=2) + "\n")
         if config.plots:
@@ -337,49 +362,192 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return final
 
 
+# What a checkpoint must share with the config that resumes it: another model or dataset
+# would either fail to restore or, worse, restore into something else.
+RESUME_KEYS = ("model", "adder", "dataset", "image_size", "dtype")
+
+
+def _warn(message: str) -> None:
+    logging.warning("%s", message)
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _check_resumable(mngr, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a workdir whose checkpoints were made by an incompatible config."""
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            saved = checkpointing.read_meta(mngr, step)["config"]
+        except Exception:  # a damaged checkpoint: restore_latest reports it
+            continue
+        diffs = [
+            f"{k}={saved.get(k)!r} there, {config[k]!r} here"
+            for k in RESUME_KEYS
+            if saved.get(k) != config[k]
+        ]
+        if diffs:
+            raise config_checks.ConfigError(
+                f"the checkpoints in {mngr.directory} were made by another config "
+                f"({'; '.join(diffs)}): use another --workdir to start a new run"
+            )
+        return
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGINT stopped the run after saving a checkpoint; `signum` says which."""
+
+    def __init__(self, signum: int, step: int, directory):
+        self.signum = signum
+        name = signal.Signals(signum).name
+        super().__init__(
+            f"stopped by {name} after step {step}; checkpoint saved in {directory}: run the "
+            f"same command to resume"
+        )
+
+
+class NonFiniteError(ValueError):
+    """A non-finite loss or gradient stopped the run; the message is one line."""
+
+
+class _StopSignals:
+    """Records SIGTERM / SIGINT instead of dying, so the loop can save and stop.
+
+    A second signal of the same kind acts as it would have without this (the handler is
+    given back after the first one).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _handle(self, signum, frame):
+        del frame
+        self.signum = signum
+        signal.signal(signum, self._previous[signum])
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc_info):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class _Window:
+    """The device metrics of the steps since the last log, checked for finiteness."""
+
+    def __init__(self, run: _Run):
+        self.run = run
+        self.items: list[tuple[int, Any]] = []  # (step done, metrics)
+        self.skipped = 0
+
+    def add(self, done: int, metrics) -> None:
+        self.items.append((done, metrics))
+
+    def check(self, last_good: int | None, directory) -> list[dict]:
+        """Fetches the metrics; raises `NonFiniteError` at the first non-finite step unless
+        the config skips those steps."""
+        fetched = jax.device_get([m for _, m in self.items])
+        self.items = list(zip([d for d, _ in self.items], fetched, strict=True))
+        for done, m in self.items:
+            if bool(m["finite"]):
+                continue
+            if self.run.config.skip_nonfinite:
+                continue
+            bad = [
+                n for n, ok in zip(self.run.param_names, m["grad_finite"], strict=True) if not ok
+            ]
+            what = f"gradient of {bad[0]}" if bad else "loss"
+            kept = f"step {last_good}" if last_good is not None else "none yet"
+            raise NonFiniteError(
+                f"non-finite {what} at step {done} (loss {float(m['loss'])}): stopped; the "
+                f"last good checkpoint in {directory} is {kept} "
+                f"(--config.skip_nonfinite=True skips such steps instead)"
+            )
+        return fetched
+
+    def summary(self, last_good: int | None, directory) -> dict[str, float]:
+        fetched = self.check(last_good, directory)
+        skipped = sum(1 for m in fetched if not bool(m["finite"]))
+        self.skipped += skipped
+        keys = [k for k in fetched[0] if k not in ("finite", "grad_finite")]
+        out = {k: float(np.mean([m[k] for m in fetched])) for k in keys}
+        if self.run.config.skip_nonfinite:
+            out["skipped_steps"] = float(self.skipped)
+        self.items = []
+        return out
+
+
 def _train_loop(run: _Run, state, start_step, data_iter, mngr, writer, bar) -> dict:
     config = run.config
     final = None
-    window, window_start, t0 = [], start_step, time.perf_counter()
-    for step in range(start_step, run.total_steps):
-        batch = _global(next(data_iter), run.batch_sharding)
-        state, metrics = run.train_step(state, batch, run.p(step))
-        window.append(metrics)
-        done = step + 1
-        if step == start_step:  # keep the compilation out of the throughput
-            jax.block_until_ready(state)
-            window_start, t0 = done, time.perf_counter()
-        if done % config.log_every_steps == 0 or done == run.total_steps:
-            summary = {k: float(np.mean([m[k] for m in jax.device_get(window)])) for k in window[0]}
-            elapsed = time.perf_counter() - t0
-            if done > window_start:
-                summary["images_per_second"] = (done - window_start) * config.batch_size / elapsed
-            writer.write(done, "train", summary)
-            bar.update(done, **summary)
-            window, window_start, t0 = [], done, time.perf_counter()
-        epoch_end = done % run.steps_per_epoch == 0
-        epoch = done // run.steps_per_epoch
-        last = done == run.total_steps
-        if (epoch_end and epoch % config.eval_every_epochs == 0) or last:
-            result = evaluate(
-                run.eval_step, state, run.eval_batches, run.p(step), run.batch_sharding
-            )
-            writer.write(done, "eval", {k: v for k, v in result.items() if k != "count"})
-            bar.write(
-                f"step {done} epoch {done / run.steps_per_epoch:.2f}: eval top-1 "
-                f"{result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"
-            )
-            final = {**result, "step": done}
-            ranked = {checkpointing.BEST_METRIC: result["top1"]}
-        else:
+    last_saved = start_step if start_step else None
+    window = _Window(run)
+    window_start, t0 = start_step, time.perf_counter()
+
+    def save(done, ranked):
+        nonlocal last_saved
+        window.check(last_saved, mngr.directory)  # never checkpoint a non-finite state
+        checkpointing.save(
+            mngr, done, state, data_iterator=data_iter, config=config, metrics=ranked
+        )
+        last_saved = done
+
+    with _StopSignals() as stop:
+        for step in range(start_step, run.total_steps):
+            batch = _global(next(data_iter), run.batch_sharding)
+            state, metrics = run.train_step(state, batch, run.p(step))
+            done = step + 1
+            window.add(done, metrics)
+            if step == start_step:  # keep the compilation out of the throughput
+                jax.block_until_ready(state)
+                window_start, t0 = done, time.perf_counter()
+            last = done == run.total_steps
+            if done % config.log_every_steps == 0 or last:
+                summary = window.summary(last_saved, mngr.directory)
+                elapsed = time.perf_counter() - t0
+                if done > window_start:
+                    summary["images_per_second"] = (
+                        (done - window_start) * config.batch_size / elapsed
+                    )
+                writer.write(done, "train", summary)
+                bar.update(done, **summary)
+                window_start, t0 = done, time.perf_counter()
+            epoch_end = done % run.steps_per_epoch == 0
+            epoch = done // run.steps_per_epoch
             ranked = None
-        if (epoch_end and epoch % config.checkpoint_every_epochs == 0) or last:
-            checkpointing.save(
-                mngr, done, state, data_iterator=data_iter, config=config, metrics=ranked
-            )
-        if epoch_end or last:  # evaluation and saving stay out of the throughput
-            writer.flush()
-            window_start, t0 = done, time.perf_counter()
+            if (epoch_end and epoch % config.eval_every_epochs == 0) or last:
+                window.check(last_saved, mngr.directory)
+                result = evaluate(
+                    run.eval_step, state, run.eval_batches, run.p(step), run.batch_sharding
+                )
+                writer.write(done, "eval", {k: v for k, v in result.items() if k != "count"})
+                bar.write(
+                    f"step {done} epoch {done / run.steps_per_epoch:.2f}: eval top-1 "
+                    f"{result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"
+                )
+                final = {**result, "step": done}
+                ranked = {checkpointing.BEST_METRIC: result["top1"]}
+            every = config.checkpoint_every_steps
+            if (
+                (epoch_end and epoch % config.checkpoint_every_epochs == 0)
+                or last
+                or (every > 0 and done % every == 0)
+            ):
+                save(done, ranked)
+            if stop.signum is not None:
+                if last_saved != done:
+                    save(done, ranked)
+                writer.flush()
+                raise Interrupted(stop.signum, done, mngr.directory)
+            if epoch_end or last:  # evaluation and saving stay out of the throughput
+                writer.flush()
+                window_start, t0 = done, time.perf_counter()
     if final is None:  # resumed at the end: evaluate the restored state
         result = evaluate(
             run.eval_step, state, run.eval_batches, run.p(run.total_steps - 1), run.batch_sharding

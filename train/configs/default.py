@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_epochs = 1
     config.log_every_steps = 50
     config.checkpoint_every_epochs = 1
+    # > 0 also checkpoints every this many steps (long epochs on preemptible machines).
+    config.checkpoint_every_steps = 0
+    # A non-finite loss or gradient stops the run (keeping the last good checkpoint);
+    # True skips that step's update instead and counts it in the metrics.
+    config.skip_nonfinite = False
     # The newest keep_checkpoints checkpoints are kept, and the best by eval top-1.
     config.keep_checkpoints = 3
     # PNG plots (training curves, weight histograms) written at the end.
