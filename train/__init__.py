@@ -1,4 +1,6 @@
 """Training programs (`python -m train.mnist`, `train.cifar`, `train.imagenet`, `train.eval`).
 
-Not part of this release yet; the package exists so that the layout installs as designed.
+`train.train.train_and_evaluate(config, workdir)` is the one trainer behind them; configs are
+in `train/configs/`, input in `data_sources` and `input_pipeline`, checkpoints in
+`checkpointing`.
 """
