@@ -10,6 +10,7 @@ from adderjax import nn as nn
 from adderjax import nnx as nnx
 from adderjax import optim as optim
 from adderjax import reference as reference
+from adderjax.counting import count_ops as count_ops
 from adderjax.ops import (
     adder_conv as adder_conv,
 )

@@ -1,0 +1,87 @@
+"""count_ops against counts worked out by hand, and the paper's conventions."""
+
+import doctest
+
+import pytest
+
+from adderjax import count_ops, counting, models
+
+CIFAR = (1, 32, 32, 3)
+
+
+def _resnet20_cnn_paper_macs():
+    # 3x3 convs: K = 9 * Cin, outputs = H * W * Cout; 1x1 shortcuts K = Cin.
+    stage1 = 6 * (9 * 16) * (32 * 32 * 16)
+    stage2 = (9 * 16) * (16 * 16 * 32) + 5 * (9 * 32) * (16 * 16 * 32) + 16 * (16 * 16 * 32)
+    stage3 = (9 * 32) * (8 * 8 * 64) + 5 * (9 * 64) * (8 * 8 * 64) + 32 * (8 * 8 * 64)
+    return stage1 + stage2 + stage3  # the first conv and the fc left out
+
+
+def test_resnet20_paper_convention_by_hand():
+    macs = _resnet20_cnn_paper_macs()
+    cnn = count_ops(models.ResNet20(num_classes=10, adder=False), CIFAR, train=False)
+    assert (cnn.multiplications, cnn.additions) == (macs, macs) == (40_370_176, 40_370_176)
+    adder = count_ops(models.ResNet20(num_classes=10), CIFAR, train=False)
+    assert (adder.multiplications, adder.additions) == (0, 2 * macs)
+    assert len(adder.layers) == 20 - 2 + 2  # 18 3x3 adders + 2 shortcuts
+    names = [layer.name for layer in adder.layers]
+    assert "conv1" not in names and "fc" not in names
+    assert "layer2_0/downsample_0" in names
+
+
+def test_lenet_full_convention_by_hand():
+    count = count_ops(
+        models.LeNet5BN(num_classes=10), (1, 28, 28, 1), convention="full", train=False
+    )
+    # conv1 25 x 4704 (mul), conv2 adder 150 x 1600, fc1 adder 400 x 120, fc2 adder 120 x 84,
+    # fc3 84 x 10 with bias; BN: one mul and one add per element (4704, 1600, 120, 84).
+    bn = 4704 + 1600 + 120 + 84
+    mul = 25 * 4704 + 84 * 10 + bn
+    add = (
+        24 * 4704 + (150 + 149) * 1600 + (400 + 399) * 120 + (120 + 119) * 84 + (83 * 10 + 10) + bn
+    )
+    assert (count.multiplications, count.additions) == (mul, add)
+    assert [layer.kind for layer in count.layers].count("batchnorm") == 4
+
+
+@pytest.mark.parametrize(
+    "name, shape, classes",
+    [("resnet32", CIFAR, 10), ("vgg_small", CIFAR, 10), ("resnet50", (1, 224, 224, 3), 1000)],
+)
+def test_adder_does_twice_the_additions_and_no_multiplications(name, shape, classes):
+    cnn = count_ops(models.get_model(name, num_classes=classes, adder=False), shape, train=False)
+    adder = count_ops(models.get_model(name, num_classes=classes), shape, train=False)
+    assert adder.multiplications == 0 and adder.additions == 2 * cnn.multiplications
+    assert cnn.additions == cnn.multiplications > 0
+
+
+def test_energy():
+    count = count_ops(models.ResNet20(num_classes=10, adder=False), CIFAR, train=False)
+    assert count.energy_pj == pytest.approx(count.multiplications * 4.6)
+    int32 = count_ops(models.ResNet20(num_classes=10), CIFAR, energy="int32", train=False)
+    assert int32.energy_pj == pytest.approx(int32.additions * 0.1)
+    mine = count_ops(
+        models.ResNet20(num_classes=10), CIFAR, energy={"add": 1, "mul": 10}, train=False
+    )
+    assert mine.energy_pj == mine.additions
+    assert "| total |" in mine.table()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(convention="macs"), "convention must be one of"),
+        (dict(energy="fp8"), "energy must be one of"),
+        (dict(energy={"add": -1, "mul": 1}), "energy must map"),
+        (dict(input_shape=(1, 0, 32, 3)), "input_shape must be positive ints"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    args = dict(input_shape=CIFAR)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        count_ops(models.ResNet20(num_classes=10), train=False, **args)
+
+
+def test_doctests():
+    assert doctest.testmod(counting).failed == 0
