@@ -13,6 +13,9 @@ import jax.numpy as jnp
 from jax import lax
 
 INPUT_GRADS = ("hardtanh", "lp")
+# The filter gradient: the paper's "full-precision" x - w (eq. 5), or the true derivative
+# sign(x - w) of the l_1 forward (the signSGD-like rule of the paper's ablation, Table 4).
+FILTER_GRADS = ("full_precision", "sign")
 IMPLEMENTATIONS = ("xla", "pallas")
 Padding = str | Sequence[tuple[int, int]]
 

@@ -86,6 +86,7 @@ def _layers(model: nn.Module) -> tuple[ModuleDef, ModuleDef]:
             use_bias=False,
             dtype=model.dtype,
             input_grad=model.input_grad,
+            filter_grad=model.filter_grad,
             implementation=model.implementation,
             interpret=model.interpret,
         )
@@ -198,7 +199,7 @@ class ResNet(nn.Module):
       fc_bias: whether the classifier conv has a bias (the reference: ImageNet yes, CIFAR no).
       adder: AdderNet (True) or the CNN of the same architecture (False).
       dtype: the computation dtype; parameters are float32 and the logits are cast to float32.
-      input_grad, implementation, interpret: passed to every adder layer.
+      input_grad, filter_grad, implementation, interpret: passed to every adder layer.
     """
 
     num_classes: int
@@ -210,6 +211,7 @@ class ResNet(nn.Module):
     adder: bool = True
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
+    filter_grad: str = "full_precision"
     implementation: str | None = None
     interpret: bool = False
 
@@ -254,7 +256,7 @@ class VGG(nn.Module):
     Attributes:
       num_classes: number of logits.
       stages: output channels of each conv, per stage.
-      adder, dtype, input_grad, implementation, interpret: as in `ResNet`.
+      adder, dtype, input_grad, filter_grad, implementation, interpret: as in `ResNet`.
 
     References:
       Zhang et al., LQ-Nets, ECCV 2018, https://arxiv.org/abs/1807.10029
@@ -265,6 +267,7 @@ class VGG(nn.Module):
     adder: bool = True
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
+    filter_grad: str = "full_precision"
     implementation: str | None = None
     interpret: bool = False
 
@@ -301,6 +304,7 @@ class LeNet5BN(nn.Module):
     adder: bool = True
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
+    filter_grad: str = "full_precision"
     implementation: str | None = None
     interpret: bool = False
 

@@ -127,7 +127,9 @@ def _conv_args(
     return kernel_size, strides, padding
 
 
-def _adder_args(p, input_grad, implementation, *, allow_array_p: bool = True):
+def _adder_args(
+    p, input_grad, implementation, filter_grad="full_precision", *, allow_array_p: bool = True
+):
     """Checks the AdderNet arguments; a concrete p is returned as a float."""
     if not allow_array_p and not (isinstance(p, numbers.Real) and not isinstance(p, bool)):
         raise ValueError(
@@ -135,6 +137,7 @@ def _adder_args(p, input_grad, implementation, *, allow_array_p: bool = True):
         )
     p = geometry.check_p(p)
     geometry.check_choice("input_grad", input_grad, geometry.INPUT_GRADS)
+    geometry.check_choice("filter_grad", filter_grad, geometry.FILTER_GRADS)
     geometry.check_choice(
         "implementation", implementation, geometry.IMPLEMENTATIONS, allow_none=True
     )
@@ -163,7 +166,7 @@ def _add_bias(y, bias):
 
 
 def _apply_conv(
-    inputs, kernel, bias, strides, padding, *, p, input_grad, implementation, interpret
+    inputs, kernel, bias, strides, padding, *, p, input_grad, filter_grad, implementation, interpret
 ):
     """The adder conv over ``(*batch, H, W, C)`` inputs, any number of batch dims, as flax does."""
     num_batch = inputs.ndim - 3
@@ -177,6 +180,7 @@ def _apply_conv(
         padding,
         p=p,
         input_grad=input_grad,
+        filter_grad=filter_grad,
         implementation=implementation,
         interpret=interpret,
     )
@@ -218,6 +222,8 @@ class AdderConv(nn.Module):
       bias_init: initializer of the bias (default zeros).
       p: the norm, in [1, 2] (1 is the AdderNet). A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", the input gradient rule of `adderjax.ops.adder_conv`.
+      filter_grad: "full_precision" (the paper) or "sign" (its ablation), as in
+        `adderjax.ops.adder_conv`.
       implementation: None (the best for the backend), "xla" or "pallas".
       interpret: with implementation="pallas", run the kernels in Pallas interpret mode
         (any backend; how the GPU kernels are tested on CPU).
@@ -251,6 +257,7 @@ class AdderConv(nn.Module):
     bias_init: Initializer = default_bias_init
     p: float = 1.0
     input_grad: str = "hardtanh"
+    filter_grad: str = "full_precision"
     implementation: str | None = None
     interpret: bool = False
 
@@ -275,7 +282,9 @@ class AdderConv(nn.Module):
             self.kernel_dilation,
             self.feature_group_count,
         )
-        p = _adder_args(self.p if p is None else p, self.input_grad, self.implementation)
+        p = _adder_args(
+            self.p if p is None else p, self.input_grad, self.implementation, self.filter_grad
+        )
         _check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
         existing = _existing_shape(self, "adder")
         if existing is not None and len(existing) == 4:
@@ -298,6 +307,7 @@ class AdderConv(nn.Module):
             padding,
             p=p,
             input_grad=self.input_grad,
+            filter_grad=self.filter_grad,
             implementation=self.implementation,
             interpret=self.interpret,
         )
@@ -318,6 +328,7 @@ class AdderDense(nn.Module):
       bias_init: initializer of the bias (default zeros).
       p: the norm, in [1, 2]. A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", as in `adderjax.ops.adder_dense`.
+      filter_grad: "full_precision" or "sign", as in `adderjax.ops.adder_dense`.
       implementation: None (the best for the backend), "xla" or "pallas".
       interpret: with implementation="pallas", run the kernels in Pallas interpret mode
         (any backend; how the GPU kernels are tested on CPU).
@@ -343,6 +354,7 @@ class AdderDense(nn.Module):
     bias_init: Initializer = default_bias_init
     p: float = 1.0
     input_grad: str = "hardtanh"
+    filter_grad: str = "full_precision"
     implementation: str | None = None
     interpret: bool = False
 
@@ -358,7 +370,9 @@ class AdderDense(nn.Module):
         Returns:
           ``(..., features)``.
         """
-        p = _adder_args(self.p if p is None else p, self.input_grad, self.implementation)
+        p = _adder_args(
+            self.p if p is None else p, self.input_grad, self.implementation, self.filter_grad
+        )
         _check_inputs(inputs, 1, "(..., din)")
         existing = _existing_shape(self, "adder")
         if existing is not None and len(existing) == 2:
@@ -375,6 +389,7 @@ class AdderDense(nn.Module):
             kernel,
             p=p,
             input_grad=self.input_grad,
+            filter_grad=self.filter_grad,
             implementation=self.implementation,
             interpret=self.interpret,
         )

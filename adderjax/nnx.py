@@ -60,6 +60,8 @@ class AdderConv(nnx.Module):
       bias_init: initializer of the bias (default zeros).
       p: the norm, a float in [1, 2] (1 is the AdderNet). A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", the input gradient rule of `adderjax.ops.adder_conv`.
+      filter_grad: "full_precision" (the paper) or "sign" (its ablation), as in
+        `adderjax.ops.adder_conv`.
       implementation: None (the best for the backend), "xla" or "pallas".
       interpret: with implementation="pallas", run the kernels in Pallas interpret mode.
       rngs: the `nnx.Rngs` the parameters are initialised from.
@@ -98,6 +100,7 @@ class AdderConv(nnx.Module):
         bias_init: Initializer = default_bias_init,
         p: float = 1.0,
         input_grad: str = "hardtanh",
+        filter_grad: str = "full_precision",
         implementation: str | None = None,
         interpret: bool = False,
         rngs: nnx.Rngs,
@@ -108,7 +111,7 @@ class AdderConv(nnx.Module):
         kernel_size, strides, padding = _conv_args(
             kernel_size, strides, padding, input_dilation, kernel_dilation, feature_group_count
         )
-        p = _adder_args(p, input_grad, implementation, allow_array_p=False)
+        p = _adder_args(p, input_grad, implementation, filter_grad, allow_array_p=False)
         kernel_shape = kernel_size + (in_features, out_features)
         self.adder = nnx.Param(
             kernel_init(rngs.params(), kernel_shape, param_dtype), **kernel_metadata
@@ -131,6 +134,7 @@ class AdderConv(nnx.Module):
         self.param_dtype = param_dtype
         self.p = p
         self.input_grad = input_grad
+        self.filter_grad = filter_grad
         self.implementation = implementation
         if not isinstance(interpret, bool):
             raise ValueError(f"interpret must be a bool, got interpret={interpret!r}")
@@ -162,6 +166,7 @@ class AdderConv(nnx.Module):
             self.padding,
             p=p,
             input_grad=self.input_grad,
+            filter_grad=self.filter_grad,
             implementation=self.implementation,
             interpret=self.interpret,
         )
@@ -183,6 +188,7 @@ class AdderLinear(nnx.Module):
       bias_init: initializer of the bias (default zeros).
       p: the norm, a float in [1, 2]. A call-time ``p`` overrides it.
       input_grad: "hardtanh" or "lp", as in `adderjax.ops.adder_dense`.
+      filter_grad: "full_precision" or "sign", as in `adderjax.ops.adder_dense`.
       implementation: None (the best for the backend), "xla" or "pallas".
       interpret: with implementation="pallas", run the kernels in Pallas interpret mode.
       rngs: the `nnx.Rngs` the parameters are initialised from.
@@ -215,13 +221,14 @@ class AdderLinear(nnx.Module):
         bias_init: Initializer = default_bias_init,
         p: float = 1.0,
         input_grad: str = "hardtanh",
+        filter_grad: str = "full_precision",
         implementation: str | None = None,
         interpret: bool = False,
         rngs: nnx.Rngs,
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        p = _adder_args(p, input_grad, implementation, allow_array_p=False)
+        p = _adder_args(p, input_grad, implementation, filter_grad, allow_array_p=False)
         self.adder = nnx.Param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype),
             **kernel_metadata,
@@ -241,6 +248,7 @@ class AdderLinear(nnx.Module):
         self.param_dtype = param_dtype
         self.p = p
         self.input_grad = input_grad
+        self.filter_grad = filter_grad
         self.implementation = implementation
         if not isinstance(interpret, bool):
             raise ValueError(f"interpret must be a bool, got interpret={interpret!r}")
@@ -268,6 +276,7 @@ class AdderLinear(nnx.Module):
             kernel,
             p=p,
             input_grad=self.input_grad,
+            filter_grad=self.filter_grad,
             implementation=self.implementation,
             interpret=self.interpret,
         )

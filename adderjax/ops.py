@@ -68,23 +68,26 @@ def _forward(x, w, p, geom, p_static, implementation):
     return pallas.forward(x, w, p, geom, p_static, interpret=implementation == _PALLAS_INTERPRET)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _adder_conv(x, w, p, geom, p_static, input_grad, implementation):
-    del input_grad
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6, 7))
+def _adder_conv(x, w, p, geom, p_static, input_grad, filter_grad, implementation):
+    del input_grad, filter_grad
     y = _forward(x, w, p, geom, p_static, implementation)
     return y.astype(jnp.result_type(x.dtype, w.dtype))
 
 
-def _adder_conv_fwd(x, w, p, geom, p_static, input_grad, implementation):
-    y = _adder_conv(x, w, p, geom, p_static, input_grad, implementation)
+def _adder_conv_fwd(x, w, p, geom, p_static, input_grad, filter_grad, implementation):
+    y = _adder_conv(x, w, p, geom, p_static, input_grad, filter_grad, implementation)
     return y, (x, w, p)
 
 
-def _adder_conv_bwd(geom, p_static, input_grad, implementation, res, g):
+def _adder_conv_bwd(geom, p_static, input_grad, filter_grad, implementation, res, g):
     x, w, p = res
     if implementation == "xla":
         dx = xla.input_grad(x, w, g, p, geom, p_static, input_grad)
-        dw = xla.filter_grad(x, w, g, geom)
+        if filter_grad == "sign":
+            dw = xla.sign_filter_grad(x, w, g, geom)
+        else:
+            dw = xla.filter_grad(x, w, g, geom)
     else:
         interpret = implementation == _PALLAS_INTERPRET
         dx = pallas.input_grad(x, w, g, p, geom, p_static, input_grad, interpret=interpret)
@@ -111,6 +114,7 @@ def adder_conv(
     *,
     p=1.0,
     input_grad="hardtanh",
+    filter_grad="full_precision",
     implementation=None,
     interpret=False,
 ):
@@ -129,6 +133,10 @@ def adder_conv(
         (the l_p schedule of arXiv:2105.14202 changes it without recompiling).
       input_grad: "hardtanh", the input gradient ``sum_o g * clip(w - x, -1, 1)``, or "lp",
         ``sum_o g * sign(w - x) * |w - x| ** (p - 1)``.
+      filter_grad: "full_precision", the paper's ``sum g * (x_patch - w)`` (eq. 5), or
+        "sign", ``sum g * sign(x_patch - w)``, the true derivative of the l_1 forward: the
+        rule the paper's ablation (Table 4) compares against. "sign" is implemented by the
+        "xla" path only; it holds an (N, Ho, Wo, Cin, Cout) tensor per filter tap.
       implementation: None (the best for the current backend: "pallas" on GPU, "xla"
         elsewhere), "xla" (XLA operations, any backend) or "pallas" (the Triton kernels of
         `kernels/`, GPU). A named implementation that cannot run here raises; it never
@@ -156,12 +164,27 @@ def adder_conv(
     geometry.check_float_array("w", w)
     geom = geometry.conv_geometry(x.shape, w.shape, strides, padding)
     input_grad = geometry.check_choice("input_grad", input_grad, geometry.INPUT_GRADS)
+    filter_grad = geometry.check_choice("filter_grad", filter_grad, geometry.FILTER_GRADS)
     implementation = _resolve_implementation(implementation, interpret)
+    if filter_grad == "sign" and implementation != "xla":
+        raise ValueError(
+            "filter_grad='sign' is implemented by implementation='xla' only, got "
+            f"implementation={implementation.split('-')[0]!r}"
+        )
     p, p_static = _static_p(p, geometry.compute_dtype(x.dtype, w.dtype))
-    return _adder_conv(x, w, p, geom, p_static, input_grad, implementation)
+    return _adder_conv(x, w, p, geom, p_static, input_grad, filter_grad, implementation)
 
 
-def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None, interpret=False):
+def adder_dense(
+    x,
+    w,
+    *,
+    p=1.0,
+    input_grad="hardtanh",
+    filter_grad="full_precision",
+    implementation=None,
+    interpret=False,
+):
     """Adder dense layer: ``y[..., o] = -sum_i |x[..., i] - w[i, o]| ** p``.
 
     A 1x1 adder convolution over a 1x1 image, with the same gradients and arguments as
@@ -170,7 +193,7 @@ def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None, inte
     Args:
       x: input, (..., din), floating, at least rank 1.
       w: weights, (din, dout), floating.
-      p, input_grad, implementation, interpret: as in `adder_conv`.
+      p, input_grad, filter_grad, implementation, interpret: as in `adder_conv`.
 
     Returns:
       (..., dout) with the dtype of ``x + w``.
@@ -198,6 +221,7 @@ def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", implementation=None, inte
         "VALID",
         p=p,
         input_grad=input_grad,
+        filter_grad=filter_grad,
         implementation=implementation,
         interpret=interpret,
     )

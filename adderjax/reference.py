@@ -14,7 +14,9 @@ Backward, the paper's rules rather than the true gradient:
   ``dw[i, j, c, o] = sum_{n, h, w} g[n, h, w, o] * (x_patch - w)``;
 * input, ``input_grad="hardtanh"`` (eq. 7): ``sum_o g * clip(w - x_patch, -1, 1)``;
   ``input_grad="lp"`` (journal eq. 27): ``sum_o g * sign(w - x) * |w - x| ** (p - 1)``;
-  both scattered back through the patch extraction onto the (unpadded) input.
+  both scattered back through the patch extraction onto the (unpadded) input;
+* filter, ``filter_grad="sign"``: ``sum g * sign(x_patch - w)``, the true derivative of the
+  l_1 forward (the paper's ablation, Table 4).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "adder_dense",
     "adder_dense_backward",
     "adder_dense_forward",
+    "filter_grad_fn",
     "input_grad_fn",
 ]
 
@@ -63,13 +66,28 @@ def adder_conv_forward(x, w, strides=(1, 1), padding="SAME", *, p=1.0):
     return -jnp.sum(jnp.abs(patches - w[None, None, None]) ** p, axis=(3, 4, 5))
 
 
-def adder_conv_backward(x, w, g, strides=(1, 1), padding="SAME", *, p=1.0, input_grad="hardtanh"):
+def filter_grad_fn(d, filter_grad: str):
+    """The per-term filter gradient as a function of d = x - w: d itself, or its sign."""
+    return jnp.sign(d) if filter_grad == "sign" else d
+
+
+def adder_conv_backward(
+    x,
+    w,
+    g,
+    strides=(1, 1),
+    padding="SAME",
+    *,
+    p=1.0,
+    input_grad="hardtanh",
+    filter_grad="full_precision",
+):
     """Returns (dx, dw) for the cotangent g of `adder_conv_forward`."""
     geom = geometry.conv_geometry(x.shape, w.shape, strides, padding)
     patches = _patches(x, geom)[..., None]  # (N, Ho, Wo, kh, kw, C, 1)
     gb = g[:, :, :, None, None, None, :]  # (N, Ho, Wo, 1, 1, 1, O)
     wb = w[None, None, None]
-    dw = jnp.sum(gb * (patches - wb), axis=(0, 1, 2))
+    dw = jnp.sum(gb * filter_grad_fn(patches - wb, filter_grad), axis=(0, 1, 2))
     dpatches = jnp.sum(gb * input_grad_fn(wb - patches, p, input_grad), axis=-1)
     # Scatter every patch element back to the padded input position it was read from.
     (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
@@ -91,60 +109,73 @@ def adder_dense_forward(x, w, *, p=1.0):
     return -jnp.sum(jnp.abs(_dense_diff(x, w)) ** p, axis=-2)
 
 
-def adder_dense_backward(x, w, g, *, p=1.0, input_grad="hardtanh"):
+def adder_dense_backward(x, w, g, *, p=1.0, input_grad="hardtanh", filter_grad="full_precision"):
     d = _dense_diff(x, w)
     gb = g[..., None, :]
-    dw = jnp.sum(gb * d, axis=tuple(range(x.ndim - 1)))
+    dw = jnp.sum(gb * filter_grad_fn(d, filter_grad), axis=tuple(range(x.ndim - 1)))
     dx = jnp.sum(gb * input_grad_fn(-d, p, input_grad), axis=-1)
     return dx, dw
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 5))
-def _conv(x, w, strides, padding, p, input_grad):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 5, 6))
+def _conv(x, w, strides, padding, p, input_grad, filter_grad):
     return adder_conv_forward(x, w, strides, padding, p=p)
 
 
-def _conv_fwd(x, w, strides, padding, p, input_grad):
-    return _conv(x, w, strides, padding, p, input_grad), (x, w, p)
+def _conv_fwd(x, w, strides, padding, p, input_grad, filter_grad):
+    return _conv(x, w, strides, padding, p, input_grad, filter_grad), (x, w, p)
 
 
-def _conv_bwd(strides, padding, input_grad, res, g):
+def _conv_bwd(strides, padding, input_grad, filter_grad, res, g):
     x, w, p = res
-    dx, dw = adder_conv_backward(x, w, g, strides, padding, p=p, input_grad=input_grad)
+    dx, dw = adder_conv_backward(
+        x, w, g, strides, padding, p=p, input_grad=input_grad, filter_grad=filter_grad
+    )
     return dx, dw, jnp.zeros_like(p)
 
 
 _conv.defvjp(_conv_fwd, _conv_bwd)
 
 
-def adder_conv(x, w, strides=(1, 1), padding="SAME", *, p=1.0, input_grad="hardtanh"):
+def adder_conv(
+    x,
+    w,
+    strides=(1, 1),
+    padding="SAME",
+    *,
+    p=1.0,
+    input_grad="hardtanh",
+    filter_grad="full_precision",
+):
     """Reference adder convolution, differentiable with the AdderNet rules."""
     geom = geometry.conv_geometry(x.shape, w.shape, strides, padding)
     input_grad = geometry.check_choice("input_grad", input_grad, geometry.INPUT_GRADS)
+    filter_grad = geometry.check_choice("filter_grad", filter_grad, geometry.FILTER_GRADS)
     p = jnp.asarray(geometry.check_p(p), geometry.compute_dtype(x.dtype, w.dtype))
-    return _conv(x, w, geom.strides, geom.pads, p, input_grad)
+    return _conv(x, w, geom.strides, geom.pads, p, input_grad, filter_grad)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _dense(x, w, p, input_grad):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _dense(x, w, p, input_grad, filter_grad):
     return adder_dense_forward(x, w, p=p)
 
 
-def _dense_fwd(x, w, p, input_grad):
-    return _dense(x, w, p, input_grad), (x, w, p)
+def _dense_fwd(x, w, p, input_grad, filter_grad):
+    return _dense(x, w, p, input_grad, filter_grad), (x, w, p)
 
 
-def _dense_bwd(input_grad, res, g):
+def _dense_bwd(input_grad, filter_grad, res, g):
     x, w, p = res
-    dx, dw = adder_dense_backward(x, w, g, p=p, input_grad=input_grad)
+    dx, dw = adder_dense_backward(x, w, g, p=p, input_grad=input_grad, filter_grad=filter_grad)
     return dx, dw, jnp.zeros_like(p)
 
 
 _dense.defvjp(_dense_fwd, _dense_bwd)
 
 
-def adder_dense(x, w, *, p=1.0, input_grad="hardtanh"):
+def adder_dense(x, w, *, p=1.0, input_grad="hardtanh", filter_grad="full_precision"):
     """Reference adder dense layer, differentiable with the AdderNet rules."""
     input_grad = geometry.check_choice("input_grad", input_grad, geometry.INPUT_GRADS)
+    filter_grad = geometry.check_choice("filter_grad", filter_grad, geometry.FILTER_GRADS)
     p = jnp.asarray(geometry.check_p(p), geometry.compute_dtype(x.dtype, w.dtype))
-    return _dense(x, w, p, input_grad)
+    return _dense(x, w, p, input_grad, filter_grad)

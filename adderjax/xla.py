@@ -32,7 +32,7 @@ from jax import lax
 
 from adderjax import geometry
 
-__all__ = ["filter_grad", "forward", "input_grad"]
+__all__ = ["filter_grad", "forward", "input_grad", "sign_filter_grad"]
 
 # Taps unrolled per scan step, tuned on a 2-core x86 CPU over the ResNet-20/50 shapes of
 # benchmarks/ops.py: fewer re-read the accumulator too often; past ~54 (forward) or ~36
@@ -271,6 +271,30 @@ def filter_grad(x, w, g, geom: geometry.ConvGeometry):
         default=functools.partial(_corr_by_conv_vjp, geom=geom),
     )
     return corr - wc * jnp.sum(gc, axis=(0, 1, 2))[None, None, None, :]
+
+
+def sign_filter_grad(x, w, g, geom: geometry.ConvGeometry):
+    """dw = sum g * sign(x_patch - w): the true derivative of the l_1 forward (the ablation).
+
+    A scan over the kh*kw taps; each tap's ``sum_{n,h,w} g[..., o] * sign(x[..., c] - w[c, o])``
+    is one reduction that XLA fuses with its elementwise producer.
+    """
+    (kh, kw), (sh, sw), (ho, wo) = geom.kernel_hw, geom.strides, geom.out_hw
+    cd = geometry.compute_dtype(x.dtype, w.dtype, g.dtype)
+    xpad = geometry.pad_input(x.astype(cd), geom)
+    gm = g.astype(cd).reshape(-1, 1, geom.out_channels)
+    span_h, span_w = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+
+    def tap(t):
+        i, j = t // kw, t % kw
+        window = lax.dynamic_slice(
+            xpad, (0, i, j, 0), (xpad.shape[0], span_h, span_w, xpad.shape[3])
+        )
+        xt = window[:, ::sh, ::sw, :].reshape(-1, geom.in_channels, 1)
+        wt = lax.dynamic_index_in_dim(w.astype(cd).reshape(kh * kw, *w.shape[2:]), t, 0, False)
+        return jnp.sum(gm * jnp.sign(xt - wt[None]), axis=0)
+
+    return lax.map(tap, jnp.arange(kh * kw)).reshape(w.shape)
 
 
 def _corr_by_conv_vjp(x, w, g, geom):

@@ -23,6 +23,7 @@ from train.configs import cifar10, cifar100, default, imagenet, mnist
         ("adder", "yes", "config.adder='yes' is invalid: expected True or False"),
         ("fsdp_size", 3, "config.fsdp_size=3 is invalid: expected a divisor of the device count"),
         ("interpret", True, "config.interpret=True is invalid: expected False unless"),
+        ("filter_grad", "exact", "config.filter_grad='exact' is invalid: expected one of"),
     ],
 )
 def test_bad_configs_are_one_line_errors(key, value, message):
@@ -74,4 +75,11 @@ def test_missing_keys_are_named():
     config = default.get_config()
     del config["eta"]
     with pytest.raises(config_checks.ConfigError, match="config is missing eta: start"):
+        config_checks.validate(config, device_count=1)
+
+
+def test_sign_filter_grad_needs_the_xla_path():
+    config = cifar10.get_config()
+    config.filter_grad, config.implementation = "sign", "pallas"
+    with pytest.raises(config_checks.ConfigError, match="config.filter_grad='sign' is invalid"):
         config_checks.validate(config, device_count=1)

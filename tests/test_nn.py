@@ -185,8 +185,12 @@ def test_dense_matches_op():
 # --------------------------------------------------------------------------- gradients
 
 
-# The second case also checks that the p and input_grad fields reach the op.
-GRAD_CASES = [(1, "SAME", {}), (2, "VALID", {"p": 2.0, "input_grad": "lp"})]
+# The second case also checks that the p and input_grad fields reach the op, the third filter_grad.
+GRAD_CASES = [
+    (1, "SAME", {}),
+    (2, "VALID", {"p": 2.0, "input_grad": "lp"}),
+    (1, "VALID", {"filter_grad": "sign"}),
+]
 
 
 @pytest.mark.parametrize("strides, padding, fields", GRAD_CASES)
@@ -215,7 +219,10 @@ def test_conv_grads_are_the_adder_rule(strides, padding, fields):
     np.testing.assert_allclose(g_x, dx, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(g_params["adder"], dw, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(g_params["bias"], np.full(4, np.prod(ref.shape[:3])), rtol=1e-6)
-    assert not np.allclose(g_params["adder"], autodiff, rtol=1e-2, atol=1e-2)
+    if fields.get("filter_grad") == "sign":  # the ablation's rule is the true gradient
+        np.testing.assert_allclose(g_params["adder"], autodiff, rtol=1e-5, atol=1e-4)
+    else:
+        assert not np.allclose(g_params["adder"], autodiff, rtol=1e-2, atol=1e-2)
 
 
 def test_dense_grads_are_the_adder_rule():
@@ -298,6 +305,7 @@ def test_dense_call_time_p_overrides_field_without_recompiling():
         ({"p": 3.0}, "p"),
         ({"p": 0.5}, "p"),
         ({"input_grad": "ste"}, "input_grad"),
+        ({"filter_grad": "exact"}, "filter_grad"),
         ({"implementation": "cuda"}, "implementation"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,

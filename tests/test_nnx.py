@@ -171,8 +171,12 @@ def test_linear_matches_op():
 # --------------------------------------------------------------------------- gradients
 
 
-# The second case also checks that the p and input_grad attributes reach the op.
-GRAD_CASES = [(1, "SAME", {}), (2, "VALID", {"p": 2.0, "input_grad": "lp"})]
+# The second case checks that the p and input_grad attributes reach the op, the third filter_grad.
+GRAD_CASES = [
+    (1, "SAME", {}),
+    (2, "VALID", {"p": 2.0, "input_grad": "lp"}),
+    (1, "VALID", {"filter_grad": "sign"}),
+]
 
 
 @pytest.mark.parametrize("strides, padding, fields", GRAD_CASES)
@@ -288,6 +292,7 @@ def test_linear_call_time_p_overrides_field_without_recompiling():
         ({"p": 3.0}, "p"),
         ({"p": jnp.asarray(1.5)}, "p"),
         ({"input_grad": "ste"}, "input_grad"),
+        ({"filter_grad": "exact"}, "filter_grad"),
         ({"implementation": "cuda"}, "implementation"),
     ],
     ids=lambda v: v if isinstance(v, str) else None,

@@ -231,6 +231,11 @@ X, W = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 4))
         (dict(p=jnp.ones(2)), r"p must be a float in \[1, 2\] or a scalar"),
         (dict(input_grad="sign"), r"input_grad must be 'hardtanh' or 'lp', got 'sign'"),
         (dict(implementation="cuda"), r"implementation must be 'xla' or 'pallas' or None"),
+        (dict(filter_grad="exact"), r"filter_grad must be 'full_precision' or 'sign'"),
+        (
+            dict(filter_grad="sign", implementation="pallas", interpret=True),
+            r"filter_grad='sign' is implemented by implementation='xla' only",
+        ),
         (dict(x=jnp.ones((2, 5, 5, 3), jnp.int32)), r"x must have a floating dtype"),
         (dict(w=np.ones((3, 3, 3, 4), np.int8)), r"w must have a floating dtype"),
         (dict(x=[[1.0]]), r"x must be an array"),
@@ -256,6 +261,47 @@ def test_bad_arguments_raise_one_clear_line(kwargs, match):
 def test_dense_bad_arguments(x, w, match):
     with pytest.raises(ValueError, match=match):
         adderjax.adder_dense(x, w)
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, strides, padding",
+    [
+        ((2, 9, 9, 3), (3, 3, 3, 5), (2, 2), "SAME"),
+        ((2, 8, 7, 4), (5, 5, 4, 6), (1, 1), [(2, 1), (0, 3)]),
+        ((3, 1, 1, 7), (1, 1, 7, 4), (1, 1), "VALID"),
+    ],
+)
+def test_sign_filter_grad_is_the_true_gradient_of_the_l1_forward(
+    x_shape, w_shape, strides, padding
+):
+    """filter_grad="sign" (the paper's ablation) == the reference's rule == autodiff of the plain
+    forward at p = 1; the input gradient keeps its own rule."""
+    with jax.enable_x64(True):
+        rng = np.random.default_rng(0)
+        x = jnp.asarray(rng.normal(size=x_shape))
+        w = jnp.asarray(rng.normal(size=w_shape))
+
+        def grads(fn, **kw):
+            loss = lambda x, w: jnp.sum(jnp.sin(fn(x, w, strides, padding, **kw)))
+            return jax.grad(loss, argnums=(0, 1))(x, w)
+
+        dx, dw = grads(adderjax.adder_conv, filter_grad="sign", implementation="xla")
+        dx_ref, dw_ref = grads(reference.adder_conv, filter_grad="sign")
+        _, dw_true = grads(reference.adder_conv_forward)
+        dx_fp, dw_fp = grads(adderjax.adder_conv, implementation="xla")
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_true, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(dx, dx_fp)  # the input gradient is untouched
+    assert np.abs(dw - dw_fp).max() > 0.1  # and the two filter rules really differ
+
+
+def test_sign_filter_grad_of_dense_layers():
+    rng = np.random.default_rng(1)
+    x, w = jnp.asarray(rng.normal(size=(5, 7))), jnp.asarray(rng.normal(size=(7, 3)))
+    loss = lambda fn: jax.grad(lambda w: jnp.sum(jnp.cos(fn(x, w))))(w)
+    got = loss(lambda x, w: adderjax.adder_dense(x, w, filter_grad="sign"))
+    want = loss(lambda x, w: reference.adder_dense_forward(x, w))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_pallas_off_gpu_raises_instead_of_falling_back():

@@ -7,7 +7,7 @@ import numbers
 
 import ml_collections
 
-from adderjax import models
+from adderjax import geometry, models
 from train import data_sources, input_pipeline
 from train.configs import default
 
@@ -15,7 +15,8 @@ __all__ = ["ConfigError", "validate"]
 
 DATA_FORMATS = ("tfds", "idx", "cifar_pickle")
 DTYPES = ("float32", "bfloat16")
-INPUT_GRADS = ("hardtanh", "lp")
+INPUT_GRADS = geometry.INPUT_GRADS
+FILTER_GRADS = geometry.FILTER_GRADS
 IMPLEMENTATIONS = (None, "xla", "pallas")
 
 
@@ -71,6 +72,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     _one_of(config, "augment", input_pipeline.AUGMENTATIONS)
     _one_of(config, "dtype", DTYPES)
     _one_of(config, "input_grad", INPUT_GRADS)
+    _one_of(config, "filter_grad", FILTER_GRADS)
     _one_of(config, "implementation", IMPLEMENTATIONS)
     if not isinstance(config.adder, bool):
         raise _bad("adder", config.adder, "True or False")
@@ -78,6 +80,8 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         raise _bad("interpret", config.interpret, "True or False")
     if config.interpret and config.implementation != "pallas":
         raise _bad("interpret", True, "False unless implementation='pallas'")
+    if config.filter_grad == "sign" and config.implementation == "pallas":
+        raise _bad("filter_grad", "sign", "'full_precision' with implementation='pallas'")
     if not isinstance(config.nesterov, bool):
         raise _bad("nesterov", config.nesterov, "True or False")
 

@@ -64,6 +64,7 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
         adder=config.adder,
         dtype=jnp.dtype(config.dtype),
         input_grad=config.input_grad,
+        filter_grad=config.filter_grad,
         implementation=config.implementation,
         interpret=config.interpret,
     )

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.adder = True
     # Input gradient of the adder layers: "hardtanh" (CVPR eq. 7) or "lp" (journal eq. 27).
     config.input_grad = "hardtanh"
+    # Filter gradient of the adder layers: "full_precision" (x - w, CVPR eq. 5) or "sign"
+    # (sign(x - w), the true derivative: the ablation of the paper's Table 4; XLA path only).
+    config.filter_grad = "full_precision"
     # None picks the fastest path for the backend ("pallas" on GPU, "xla" elsewhere).
     config.implementation = config_dict.placeholder(str)
     # With implementation="pallas": run the GPU kernels in Pallas interpret mode (any
