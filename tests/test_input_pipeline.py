@@ -4,6 +4,7 @@ import itertools
 
 import numpy as np
 import pytest
+from absl import flags
 
 from train import data_sources, input_pipeline
 
@@ -118,6 +119,18 @@ def test_eval_batches_cover_every_record_once(process_count):
             seen += [i for i, m in zip(_ids(b), b["mask"], strict=True) if m]
     assert sorted(seen) == list(range(n))
     assert len(set(counts)) == 1  # every host runs the same number of eval steps
+
+
+def test_eval_batches_with_worker_processes_cover_every_record_once():
+    """Regression: batching in each grain worker made every worker's remainder a batch of its
+    own, and records were lost past num_batches (36 of 40 with 2 workers and batch 8)."""
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags, as in the programs
+    batches = input_pipeline.eval_batches(_source(40), batch_size=8, augment="none", worker_count=2)
+    out = list(batches)
+    assert len(out) == batches.num_batches == 5
+    ids = [i for b in out for i, m in zip(_ids(b), b["mask"], strict=True) if m]
+    assert ids == list(range(40))  # and in order
 
 
 def test_eval_max_batches():

@@ -285,22 +285,26 @@ class EvalBatches:
             yield from self._padding(self.num_batches)
             return
         sampler = grain.IndexSampler(num_records=len(shard), shuffle=False, num_epochs=1, seed=0)
+        # Records are transformed in the workers but batched here: a grain.Batch runs in each
+        # worker on that worker's records, and with worker_count > 0 every worker's last
+        # partial batch would make more, smaller batches than num_batches counts.
         loader = grain.DataLoader(
             data_source=shard,
             sampler=sampler,
-            operations=[
-                _Record(),
-                *_eval_transforms(self.augment, self.image_size),
-                grain.Batch(self.batch_size, drop_remainder=False),
-            ],
+            operations=[_Record(), *_eval_transforms(self.augment, self.image_size)],
             worker_count=self.worker_count,
             shard_options=grain.NoSharding(),
         )
-        produced = 0
-        for batch in loader:
-            if produced == self.num_batches:
-                return
-            yield _pad(batch, self.batch_size)
+        produced, rows = 0, []
+        for record in loader:
+            rows.append(record)
+            if len(rows) == self.batch_size:
+                yield _pad(_stack(rows), self.batch_size)
+                produced, rows = produced + 1, []
+                if produced == self.num_batches:
+                    return
+        if rows:
+            yield _pad(_stack(rows), self.batch_size)
             produced += 1
         yield from self._padding(self.num_batches - produced)  # this host's shard ran out
 
@@ -314,6 +318,10 @@ class EvalBatches:
         empty = {k: np.asarray(v)[None][:0] for k, v in record.items()}
         for _ in range(count):
             yield _pad(empty, self.batch_size)
+
+
+def _stack(records: list[dict]) -> dict[str, np.ndarray]:
+    return {k: np.stack([np.asarray(r[k]) for r in records]) for k in records[0]}
 
 
 def _pad(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
