@@ -16,7 +16,7 @@ import sys
 
 from absl import app, flags
 
-from train import cli
+from train import cli, saved_models
 
 cli.define_distributed_flags()
 flags.DEFINE_string("workdir", None, "A training workdir (its checkpoints/ are read).")
@@ -26,22 +26,6 @@ flags.DEFINE_string("data_dir", None, "Overrides the data_dir stored in the chec
 flags.DEFINE_string("data_format", None, "Overrides the data_format stored in the checkpoint.")
 flags.DEFINE_integer("batch_size", None, "Overrides the evaluation batch size.")
 flags.DEFINE_string("output", None, "Also write the result as JSON to this file.")
-
-
-def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
-    """(checkpoint directory, step or None for newest/best)."""
-    from train import checkpointing, config_checks
-
-    if (workdir is None) == (checkpoint is None):
-        raise config_checks.ConfigError("give exactly one of --workdir and --checkpoint")
-    if workdir is not None:
-        return checkpointing.checkpoint_dir(workdir), None
-    path = pathlib.Path(checkpoint).absolute()
-    if not path.name.isdigit():
-        raise config_checks.ConfigError(
-            f"--checkpoint={checkpoint} is not a checkpoint: expected WORKDIR/checkpoints/STEP"
-        )
-    return path.parent, int(path.name)
 
 
 def evaluate_checkpoint(
@@ -56,19 +40,9 @@ def evaluate_checkpoint(
     """Restores a checkpoint and evaluates it; returns top1, top5, loss, count, step."""
     import jax
 
-    from train import checkpointing, config_checks, train
+    from train import checkpointing, train
 
-    directory, step = _locate(workdir, checkpoint)
-    if not directory.is_dir():
-        raise config_checks.ConfigError(f"no checkpoints in {directory}")
-    mngr = checkpointing.manager(directory, read_only=True)
-    if step is None:
-        step = mngr.best_step() if best else mngr.latest_step()
-    if step is None or step not in mngr.all_steps():
-        raise config_checks.ConfigError(
-            f"no checkpoint {'' if step is None else step} in {directory} "
-            f"(steps there: {list(mngr.all_steps())})"
-        )
+    mngr, step = saved_models.open_checkpoint(workdir, checkpoint, best=best)
     config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
     with config.unlocked():
         config.data_dir = data_dir or config.data_dir
@@ -76,7 +50,7 @@ def evaluate_checkpoint(
         config.eval_batch_size = batch_size or config.eval_batch_size
         config.steps_per_eval = -1
         config.worker_count = min(config.worker_count, 2)
-    run = train._Run(config, directory.parent)
+    run = train._Run(config, pathlib.Path(mngr.directory).parent)
     state, _ = checkpointing.restore(mngr, step, run.abstract_state)
     mngr.close()
     p = run.p(max(step - 1, 0))

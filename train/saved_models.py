@@ -1,0 +1,89 @@
+"""Saved runs as models: the Flax model, its variables and its config from a checkpoint.
+
+Works for any workdir of the training programs and of `python -m train.convert_torch`::
+
+    from train import saved_models
+    model, variables, config = saved_models.load_model("runs/lenet-adder")
+    logits = model.apply(variables, images, train=False)  # images normalised as for training
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+from typing import Any
+
+__all__ = ["load_model", "open_checkpoint"]
+
+
+def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
+    """(checkpoint directory, step or None for newest/best)."""
+    from train import checkpointing, config_checks
+
+    if (workdir is None) == (checkpoint is None):
+        raise config_checks.ConfigError("give exactly one of --workdir and --checkpoint")
+    if workdir is not None:
+        return checkpointing.checkpoint_dir(workdir), None
+    path = pathlib.Path(checkpoint).absolute()
+    if not path.name.isdigit():
+        raise config_checks.ConfigError(
+            f"--checkpoint={checkpoint} is not a checkpoint: expected WORKDIR/checkpoints/STEP"
+        )
+    return path.parent, int(path.name)
+
+
+def load_model(
+    workdir: str | None = None, checkpoint: str | None = None, *, best: bool = False
+) -> tuple[Any, dict, Any]:
+    """(model, variables, config) of a saved checkpoint, to call as the model zoo's models are.
+
+    ``model.apply(variables, images, train=False)`` gives logits for images normalised as the
+    config's dataset is: ``(x / 255 - mean) / std`` with `train.data_sources.DATASETS`' mean
+    and std. No data is read.
+
+    Example (a workdir of `python -m train.convert_torch` or of a training run)::
+
+        model, variables, config = load_model("/tmp/r20")
+        logits = model.apply(variables, images, train=False)
+    """
+    import jax
+
+    from train import checkpointing, data_sources, train
+
+    mngr, step = open_checkpoint(workdir, checkpoint, best=best)
+    config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
+    info = data_sources.DATASETS[config.dataset]
+    model = train.create_model(config, info.num_classes)
+    tx = train.make_optimizer(config, steps_per_epoch=1)
+    init = functools.partial(
+        train.create_train_state, model=model, shape=train.image_shape(config, info), tx=tx
+    )
+    state, _ = checkpointing.restore(mngr, step, jax.eval_shape(init, jax.random.key(0)))
+    mngr.close()
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+
+
+def _open(directory: pathlib.Path, step: int | None, best: bool):
+    """(read-only manager, step): the given step, else the best or the newest."""
+    from train import checkpointing, config_checks
+
+    if not directory.is_dir():
+        raise config_checks.ConfigError(f"no checkpoints in {directory}")
+    mngr = checkpointing.manager(directory, read_only=True)
+    if step is None:
+        step = mngr.best_step() if best else mngr.latest_step()
+    if step is None or step not in mngr.all_steps():
+        raise config_checks.ConfigError(
+            f"no checkpoint {'' if step is None else step} in {directory} "
+            f"(steps there: {list(mngr.all_steps())})"
+        )
+    return mngr, step
+
+
+def open_checkpoint(
+    workdir: str | None = None, checkpoint: str | None = None, *, best: bool = False
+):
+    """(read-only checkpoint manager, step) for ``--workdir`` (newest or best) or
+    ``--checkpoint`` (WORKDIR/checkpoints/STEP)."""
+    directory, step = _locate(workdir, checkpoint)
+    return _open(directory, step, best)
