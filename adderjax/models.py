@@ -297,10 +297,15 @@ class LeNet5BN(nn.Module):
     ``adder``, no bias), each followed by BN and ReLU, with 2x2 max pools after the convs; fc3
     to ``num_classes`` is multiplicative with a bias. Inputs are 28x28x1.
 
-    Attributes: as `VGG`, without ``stages``.
+    With ``bottleneck=d`` a layer ``features`` of width d (an adder layer when ``adder``, no
+    BN, no ReLU) comes between fc2 and fc3: the LeNet++-style 2-d or 3-d features the paper
+    plots (Figure 1); ``"lenetpp"`` in `MODELS` is ``bottleneck=3``.
+
+    Attributes: as `VGG`, without ``stages``, with ``bottleneck``.
     """
 
     num_classes: int
+    bottleneck: int | None = None
     adder: bool = True
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
@@ -320,6 +325,8 @@ class LeNet5BN(nn.Module):
         x = _flatten_chw(x)
         x = nn.relu(norm(name="bn3")(dense(120, name="fc1")(x, p=p)))
         x = nn.relu(norm(name="bn4")(dense(84, name="fc2")(x, p=p)))
+        if self.bottleneck is not None:
+            x = dense(self.bottleneck, name="features")(x, p=p)
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
         return x.astype(jnp.float32)
 
@@ -342,6 +349,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg_small": VGGSmall,
     "resnet18": ResNet18,
     "resnet50": ResNet50,
+    # LeNet-5-BN with 3-d features before the classifier, for the paper's Figure 1.
+    "lenetpp": partial(LeNet5BN, bottleneck=3),
 }
 
 

@@ -22,6 +22,7 @@ MNIST = (2, 28, 28, 1)
 # name: (input shape, num_classes) per registered model.
 CASES = {
     "lenet5_bn": (MNIST, 10),
+    "lenetpp": (MNIST, 10),
     "resnet20": (CIFAR, 10),
     "resnet32": (CIFAR, 10),
     "vgg_small": (CIFAR, 10),
@@ -82,6 +83,12 @@ def expected_counts(name):
             + dense(120, 84) + bn(84)  # fc2, bn4
             + dense(84, 10, bias=True)  # fc3
         )  # fmt: skip
+    if name == "lenetpp":  # fc3 reads the 3-d features
+        return (
+            expected_counts("lenet5_bn")
+            - dense(84, 10, bias=True)
+            + (dense(84, 3) + dense(3, 10, bias=True))
+        )
     if name == "vgg_small":
         return (
             conv(3, 3, 128) + bn(128) + conv(3, 128, 128) + bn(128)
@@ -101,6 +108,7 @@ def expected_counts(name):
 # and 25,557,032 plus 2 * 1000 for the scale and bias of bn2 on the logits.
 TOTALS = {
     "lenet5_bn": (61_932, 452),
+    "lenetpp": (61_932 - 850 + 252 + 40, 452),
     "resnet20": (272_484, 1_588),
     "resnet32": (466_916, 2_484),
     "vgg_small": (4_660_106, 3_584),
@@ -149,6 +157,7 @@ def test_counts_and_output_shape(name, adder):
 # The multiplicative layers of the AdderNet: the first conv and the classifier.
 FULL_PRECISION = {
     "lenet5_bn": {"conv1/kernel", "fc3/kernel"},
+    "lenetpp": {"conv1/kernel", "fc3/kernel"},
     "resnet20": {"conv1/kernel", "fc/kernel"},
     "resnet32": {"conv1/kernel", "fc/kernel"},
     "vgg_small": {"conv1/kernel", "fc/kernel"},

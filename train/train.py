@@ -123,13 +123,10 @@ def _topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def train_step(
-    state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn, skip_nonfinite=False
-):
-    """One SGD step on a global batch; returns the new state and the batch's metrics.
+def loss_and_grads(state: TrainState, batch, p, *, info, label_smoothing: float = 0.0):
+    """The training loss of a batch in train mode and its gradients with respect to the params.
 
-    The metrics say whether the loss and every gradient leaf were finite; with
-    `skip_nonfinite` a step that was not leaves the state as it was (but for the step count).
+    Returns (loss, logits, batch_stats updates, grads).
     """
     images = _normalize(batch["image"], info)
     labels = batch["label"]
@@ -147,6 +144,21 @@ def train_step(
         return loss, (logits, updates)
 
     (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return loss, logits, updates, grads
+
+
+def train_step(
+    state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn, skip_nonfinite=False
+):
+    """One SGD step on a global batch; returns the new state and the batch's metrics.
+
+    The metrics say whether the loss and every gradient leaf were finite; with
+    `skip_nonfinite` a step that was not leaves the state as it was (but for the step count).
+    """
+    labels = batch["label"]
+    loss, logits, updates, grads = loss_and_grads(
+        state, batch, p, info=info, label_smoothing=label_smoothing
+    )
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
     grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
     finite = jnp.isfinite(loss) & jnp.all(grad_finite)
