@@ -96,7 +96,7 @@ def _op(geom, p_static=1.0, input_grad="hardtanh"):
     # The private custom_vjp: the public op refuses "pallas" on a host without a GPU, before
     # anything could be lowered for one.
     def op(x, w, p):
-        return ops._adder_conv(x, w, p, geom, p_static, input_grad, "pallas")
+        return ops._adder_conv(x, w, p, geom, p_static, input_grad, "full_precision", "pallas")
 
     return op
 
@@ -157,7 +157,7 @@ def test_xla_path_lowers_without_triton():
     x, w, g, geom = _layer("resnet20", "stage2_down", 32)
 
     def op(x, w, p):
-        return ops._adder_conv(x, w, p, geom, 1.0, "hardtanh", "xla")
+        return ops._adder_conv(x, w, p, geom, 1.0, "hardtanh", "full_precision", "xla")
 
     p = jax.ShapeDtypeStruct((), jnp.float32)
     assert _cuda_kernels(lambda x, w, p, g: jax.vjp(op, x, w, p)[1](g), x, w, p, g) == []
