@@ -73,3 +73,80 @@ def test_scaling_prints_a_row_per_device_count():
     assert [int(r[1]) for r in rows] == [2, 4, 8, 16]  # weak scaling: 2 images per device
     assert all(float(r[3]) > 0 for r in rows)
     assert float(rows[0][4]) == 1.0
+
+
+def _load_paper_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("paper_tables", BENCH / "paper_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_paper_tables_overrides_are_valid_configs():
+    import ml_collections
+
+    from train import config_checks
+    from train.configs import mnist
+
+    runs = _load_paper_tables()._runs()
+    assert len(runs) == 11  # the CNN, 5 etas, 5 more ablation rows (one shares eta 0.2)
+    for overrides in runs.values():
+        config = mnist.get_config()
+        for flag in overrides:
+            key, value = flag.removeprefix("--config.").split("=")
+            config[key] = type(config[key])(
+                value == "True" if value in ("True", "False") else value
+            )
+        config_checks.validate(ml_collections.ConfigDict(config), device_count=1)
+    assert runs["adder_sign_signin_sgd"] == [
+        "--config.filter_grad=sign",
+        "--config.input_grad=lp",
+        "--config.adaptive_lr=False",
+    ]
+
+
+def test_paper_tables_reads_finished_runs_without_running_them(tmp_path):
+    """Runs whose results.json exists are not run again: the tables come from their files."""
+    import argparse
+    import json
+
+    module = _load_paper_tables()
+    names = module._runs()
+    args = argparse.Namespace(epochs=1, dataset="fashion_mnist", data_dir=None)
+    for i, (name, overrides) in enumerate(names.items()):
+        (tmp_path / name).mkdir()
+        command = module._command(tmp_path, name, overrides, args)
+        (tmp_path / name / "command.txt").write_text(" ".join(command) + "\n")
+        (tmp_path / name / "results.json").write_text(
+            json.dumps({"top1": 0.5 + i / 100, "top5": 0.9})
+        )
+        (tmp_path / name / "wall_seconds.txt").write_text("12.5\n")
+        lines = [
+            {"step": 1, "split": "train", "loss": 2.0},
+            {"step": 2, "split": "train", "loss": 0.25},
+        ]
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "paper_tables.py"), f"--root={tmp_path}", "--epochs=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # nothing was run
+    assert "| `--config.adder=False` | 50.00 | 90.00 | 0.250 | 12 |" in proc.stdout
+    assert "| 0.05 | 51.00 | 90.00 | 0.250 | 12 |" in proc.stdout
+    assert "| no | no | no | 60.00 | 90.00 | 0.250 | 12 |" in proc.stdout
+    # The same workdirs asked for with other settings: refused before anything runs.
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "paper_tables.py"), f"--root={tmp_path}", "--epochs=2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"error: {tmp_path / 'cnn'} holds another run (")
+    assert "--config.num_epochs=1" in proc.stderr and len(proc.stderr.splitlines()) == 1
