@@ -298,8 +298,12 @@ class LeNet5BN(nn.Module):
     to ``num_classes`` is multiplicative with a bias. Inputs are 28x28x1.
 
     With ``bottleneck=d`` a layer ``features`` of width d (an adder layer when ``adder``, no
-    BN, no ReLU) comes between fc2 and fc3: the LeNet++-style 2-d or 3-d features the paper
-    plots (Figure 1); ``"lenetpp"`` in `MODELS` is ``bottleneck=3``.
+    bias, no ReLU) and its BN ``bn5`` come between fc2 and fc3: the LeNet++-style 2-d or 3-d
+    features the paper plots (Figure 1) are the output of ``features``, before ``bn5``;
+    ``"lenetpp"`` in `MODELS` is ``bottleneck=3``. The BN is what lets the AdderNet train: an
+    adder layer's outputs are negative l1 distances of size ~ its fan-in, and fed straight to
+    fc3 they gave logits in the hundreds and a network stuck at chance (measured on
+    Fashion-MNIST); the CNN has the same BN, so the two stay one architecture.
 
     Attributes: as `VGG`, without ``stages``, with ``bottleneck``.
     """
@@ -326,7 +330,7 @@ class LeNet5BN(nn.Module):
         x = nn.relu(norm(name="bn3")(dense(120, name="fc1")(x, p=p)))
         x = nn.relu(norm(name="bn4")(dense(84, name="fc2")(x, p=p)))
         if self.bottleneck is not None:
-            x = dense(self.bottleneck, name="features")(x, p=p)
+            x = norm(name="bn5")(dense(self.bottleneck, name="features")(x, p=p))
         x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
         return x.astype(jnp.float32)
 

@@ -87,7 +87,7 @@ def expected_counts(name):
         return (
             expected_counts("lenet5_bn")
             - dense(84, 10, bias=True)
-            + (dense(84, 3) + dense(3, 10, bias=True))
+            + (dense(84, 3) + bn(3) + dense(3, 10, bias=True))
         )
     if name == "vgg_small":
         return (
@@ -108,7 +108,7 @@ def expected_counts(name):
 # and 25,557,032 plus 2 * 1000 for the scale and bias of bn2 on the logits.
 TOTALS = {
     "lenet5_bn": (61_932, 452),
-    "lenetpp": (61_932 - 850 + 252 + 40, 452),
+    "lenetpp": (61_932 - 850 + 252 + 6 + 40, 458),
     "resnet20": (272_484, 1_588),
     "resnet32": (466_916, 2_484),
     "vgg_small": (4_660_106, 3_584),
@@ -307,6 +307,28 @@ def test_init():
     for path, (params, std) in stds.items():
         w = traverse_util.flatten_dict(params, sep="/")[path]
         assert abs(np.std(w) / std - 1) < 0.2, (path, np.std(w), std)
+
+
+def test_lenetpp_adder_features_are_normalised_before_the_classifier():
+    """An adder bottleneck's outputs are -l1 distances of size ~ its fan-in (84 N(0, 1)
+    filters: about -75); fed straight to fc3 they made logits in the tens to hundreds and the
+    AdderNet stuck at chance on Fashion-MNIST. bn5 brings them to unit scale."""
+    model = models.get_model("lenetpp", num_classes=10)
+    x = _images((64, 28, 28, 1))
+    variables = model.init(jax.random.key(0, impl="rbg"), x, train=False)
+    logits, state = model.apply(
+        variables,
+        x,
+        train=True,
+        mutable=["batch_stats", "intermediates"],
+        capture_intermediates=lambda mdl, _: mdl.name in ("features", "bn5"),
+    )
+    features = state["intermediates"]["features"]["__call__"][0]
+    normalised = state["intermediates"]["bn5"]["__call__"][0]
+    assert features.shape == normalised.shape == (64, 3)
+    assert float(jnp.max(features)) < -20  # the raw l1 distances the analysis plots
+    np.testing.assert_allclose(jnp.std(normalised, axis=0), 1.0, rtol=0.01)
+    assert float(jnp.max(jnp.abs(logits))) < 10
 
 
 @pytest.mark.parametrize("name", ["resnet20", "lenet5_bn"])
