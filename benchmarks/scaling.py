@@ -1,6 +1,7 @@
 """Data-parallel scaling of a ResNet-20 AdderNet training step: images/s on 1, 2, 4, 8 devices.
 
     python benchmarks/scaling.py [--per-device-batch 32] [--steps 5] [--implementation xla]
+                                 [--device-counts 1,2,4,8]
 
 Weak scaling: each device gets `--per-device-batch` images, the global batch grows with the
 device count, the step is the trainer's own (`train.train.train_step`, jitted over a "data"
@@ -30,7 +31,23 @@ def _args():
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--implementation", default=None, help="None, 'xla' or 'pallas'")
     parser.add_argument("--model", default="resnet20")
+    parser.add_argument(
+        "--device-counts",
+        type=_device_counts,
+        default=DEVICE_COUNTS,
+        help="comma-separated device counts, the first the baseline (default 1,2,4,8)",
+    )
     return parser.parse_args()
+
+
+def _device_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(c) for c in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers like 1,2,4,8, got {text!r}")
+    return counts
 
 
 def main() -> None:
@@ -66,7 +83,7 @@ def main() -> None:
     print("|---:|---:|---:|---:|---:|---:|")
     base = None
     rng = np.random.default_rng(0)
-    for n in DEVICE_COUNTS:
+    for n in args.device_counts:
         if n > len(devices):
             print(f"| {n} | - | - | - | - | (only {len(devices)} devices) |")
             continue

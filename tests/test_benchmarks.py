@@ -60,6 +60,7 @@ def test_scaling_prints_a_row_per_device_count():
             "--per-device-batch=2",
             "--steps=1",
             "--warmup=0",
+            "--device-counts=1,2",  # each count compiles the step again: 2 of 4 halve the time
         ],
         capture_output=True,
         text=True,
@@ -69,8 +70,8 @@ def test_scaling_prints_a_row_per_device_count():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split("|")[1:-1] for ln in result.stdout.splitlines() if re.match(r"\| \d", ln)]
-    assert [int(r[0]) for r in rows] == [1, 2, 4, 8]
-    assert [int(r[1]) for r in rows] == [2, 4, 8, 16]  # weak scaling: 2 images per device
+    assert [int(r[0]) for r in rows] == [1, 2]
+    assert [int(r[1]) for r in rows] == [2, 4]  # weak scaling: 2 images per device
     assert all(float(r[3]) > 0 for r in rows)
     assert float(rows[0][4]) == 1.0
 
