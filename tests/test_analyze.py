@@ -38,6 +38,7 @@ def pair(tmp_path_factory):
     return root, data
 
 
+@pytest.mark.slow
 def test_analyses_of_a_trained_pair(pair, tmp_path):
     """One test for the pair (a module fixture would be built once per xdist worker)."""
     _check_gradient_norms_are_the_first_step_of_training(*pair)

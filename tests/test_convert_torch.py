@@ -196,6 +196,7 @@ def test_resnet50_converts_with_bias_bottlenecks_and_layer4(tmp_path):
     assert n == sum(a.size for a in jax.tree.leaves(params)) == 25_559_032
 
 
+@pytest.mark.slow
 @torch_required
 def test_program_converts_and_train_eval_matches_pytorch_accuracy(tmp_path):
     """The CLI end to end: convert, then `train.eval` on CIFAR-10 files with the reference's

@@ -84,6 +84,7 @@ def _assert_same_run(got, want):
         assert error < RTOL, (key, error)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("path", "extra"),
     [
@@ -118,6 +119,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(one_device, data, tmp_path):
     """`python -m train.mnist` started twice with --coordinator_address: two processes of 2
     CPU devices each, joined by jax.distributed (gloo collectives) over loopback."""

@@ -103,6 +103,7 @@ def _train_steps_logged(workdir) -> int:
     return sum(1 for ln in lines if ln.endswith("}") and '"train"' in ln)
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_loses_nothing(data, uninterrupted, tmp_path):
     """Killed with SIGKILL three times at random moments (mid-step, mid-checkpoint, ...) and
     restarted with the same command, the run ends bitwise where an uninterrupted one does."""
@@ -144,6 +145,7 @@ def test_sigkill_at_random_moments_loses_nothing(data, uninterrupted, tmp_path):
     assert steps == list(range(1, STEPS + 1))  # each step logged once
 
 
+@pytest.mark.slow
 def test_sigterm_saves_then_stops(data, uninterrupted, tmp_path):
     proc = subprocess.Popen(
         _cli_args(data, tmp_path) + ["--config.checkpoint_every_steps=0"],

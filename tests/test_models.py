@@ -331,6 +331,7 @@ def test_lenetpp_adder_features_are_normalised_before_the_classifier():
     assert float(jnp.max(jnp.abs(logits))) < 10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet20", "lenet5_bn"])
 def test_train_step_and_eval(name):
     model = models.get_model(name, num_classes=10, implementation="xla")

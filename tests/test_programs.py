@@ -62,6 +62,7 @@ def _final_line(proc):
     return lines[-1]
 
 
+@pytest.mark.slow
 def test_mnist_on_idx_files_trains_resumes_and_evaluates(tmp_path):
     data = datafiles.write_idx_dir(tmp_path / "data", num_train=40, num_test=10)
     workdir = tmp_path / "w"
@@ -79,6 +80,7 @@ def test_mnist_on_idx_files_trains_resumes_and_evaluates(tmp_path):
     assert "lenet5_bn (adder) on fashion_mnist, step 4: top-1" in out.stdout
 
 
+@pytest.mark.slow
 def test_cifar_on_pickle_files_with_grain_workers(tmp_path):
     """The CIFAR-10 pickles through two grain worker processes, and resume of the workers'
     iterator state from the checkpoint (a small model: ResNet-20 runs in the mock test)."""
@@ -96,6 +98,7 @@ def test_cifar_on_pickle_files_with_grain_workers(tmp_path):
     assert "step 3)" in _final_line(_ok(_run([*args, "--config.num_train_steps=3"])))
 
 
+@pytest.mark.slow
 def test_cifar100_config_file(tmp_path):
     data = datafiles.write_cifar100_dir(tmp_path / "data", num_train=16, num_test=4)
     args = [
@@ -113,6 +116,7 @@ def test_cifar100_config_file(tmp_path):
     assert meta["count"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("module", "extra"),
     [
