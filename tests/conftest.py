@@ -19,10 +19,10 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 def pytest_collection_modifyitems(config, items):
     """Modules with slow tests first, each module's tests kept together and in order.
 
-    pytest-xdist hands tests out in collection order; with the minute-long program and
-    multi-process tests last (test_programs.py sorts late), one worker finished them while
-    the other sat idle. Whole modules move, so module-scoped fixtures are still built once
-    per worker. ``-m "not slow"`` leaves the slow tests out for a quick run.
+    With ``--dist=loadscope`` (pyproject.toml) pytest-xdist hands whole modules to the
+    workers in collection order; the minute-long modules first and the many short ones after
+    fill both workers to the end, where in alphabetical order test_programs.py came last and
+    one worker ran it alone. ``-m "not slow"`` leaves the slow tests out for a quick run.
     """
     del config
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
