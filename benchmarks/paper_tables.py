@@ -82,12 +82,15 @@ def _command(root: pathlib.Path, name: str, overrides: list[str], args) -> list[
 
 def _check_reusable(root: pathlib.Path, name: str, cmd: list[str]) -> None:
     """A workdir that already holds a run must hold this run: same epochs, data and overrides."""
-    stored = root / name / "command.txt"
-    if (root / name).exists() and not stored.exists():
-        sys.exit(f"error: {root / name} exists but was not made by this script; use another --root")
-    if stored.exists() and stored.read_text().strip() != " ".join(cmd):
+    workdir, stored = root / name, root / name / "command.txt"
+    if not workdir.exists():
+        return
+    if not stored.exists():
+        sys.exit(f"error: {workdir} exists but was not made by this script; use another --root")
+    made_by = stored.read_text().strip()
+    if made_by != " ".join(cmd):
         sys.exit(
-            f"error: {root / name} holds another run ({stored.read_text().strip()!r}); "
+            f"error: {workdir} holds another run ({made_by!r}); "
             "use another --root for other settings"
         )
 
