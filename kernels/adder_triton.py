@@ -5,22 +5,29 @@ All three work on the phase-flat layout of `kernels.layout`, where tap ``t`` of 
 under one tap is one contiguous (block_m, channels) block, loaded without a gather.
 
 * forward: ``y[m, o] = -sum_{t, c} |x[phase t][m + off t, c] - w[t, c, o]| ** p``. Grid over
-  (pixel tiles, output-channel tiles); a loop over (tap, input-channel block) broadcasts a
-  (block_m, block_c) input block against a (block_c, block_o) filter block and accumulates
-  the reduced (block_m, block_o) tile in float32 (float64 for float64 inputs).
+  (pixel tiles, output-channel tiles); a loop over (tap, input-channel block) makes
+  ``block_c`` rank-1 updates ``acc[m, o] += |x[m, c] - w[c, o]| ** p`` from a column of the
+  input (stored channel-major, so the column is contiguous) and a row of the filters, into a
+  (block_m, block_o) float32 accumulator (float64 for float64 inputs). No reduction crosses
+  threads: at p = 1 a term is two FADDs (the second with the |.| operand modifier).
 * input gradient: for one input phase, ``dx[r, c] = sum_{t in phase, o} g[r - off t, o] *
   f(w[t, c, o] - x[r, c])`` with f the HardTanh clip or the l_p term. Grid over (input-pixel
-  tiles, input-channel tiles); the cotangent is read at negative offsets, so it is stored
-  with ``max_offset`` zero rows in front. Each phase is its own call (its own taps).
+  tiles, input-channel tiles); the input tile stays in registers, and a loop over (tap,
+  output-channel block) makes ``block_o`` rank-1 updates from a column of the cotangent
+  (stored channel-major, with ``max_offset`` zero rows in front since it is read at negative
+  offsets) and a row of the filters (stored (tap, out, in)). HardTanh is FADD, two FMNMX and
+  an FFMA a term. Each phase is its own call (its own taps).
 * filter gradient: ``dw[t, c, o] = sum_m g[m, o] * (x_t[m, c] - w[t, c, o]) = (x_t^T g)[c, o]
-  - w[t, c, o] * sum_m g[m, o]``, a matrix product on ``tl.dot`` (IEEE float32, no TF32).
+  - w[t, c, o] * sum_m g[m, o]``: the kernel is the matrix product on ``tl.dot`` (IEEE
+  float32, no TF32), and ``sum_m g`` (the same for every tap) is one XLA reduction outside it.
   The long pixel reduction is cut into ``splits`` slices, one grid axis; each slice writes
-  its partial gradient to its own output and XLA sums them in a fixed order. No atomics, so
+  its partial product to its own output and XLA sums them in a fixed order. No atomics, so
   the result is bitwise reproducible.
 
 Entry points take NHWC inputs and HWIO filters, do the layout in XLA around the kernel,
-take ``block_sizes`` (`BlockSizes`, default `BlockSizes.get_default`) and ``interpret``
-(run the kernel in Pallas interpret mode, on any backend), all keyword-only.
+take ``block_sizes`` (`BlockSizes`, default `BlockSizes.get_default`: the tile that the
+static SASS model ranks fastest for the layer) and ``interpret`` (run the kernel in Pallas
+interpret mode, on any backend), all keyword-only.
 
 Roofline on paper for an H100 SXM (not measured: no GPU has been available)
 ------------------------------------------------------------------------------
@@ -74,7 +81,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plgpu
 
 from kernels import layout as layout_lib
-from kernels.block_sizes import BlockSizes
+from kernels.block_sizes import BlockSizes, launch
 
 __all__ = ["filter_grad", "forward", "input_grad"]
 
@@ -146,10 +153,25 @@ def _p_operand(p_value, dtype):
 def _abs_pow(d, p, p_ref):
     """|d| ** p, specialised for p = 1 and 2; p None reads it from p_ref."""
     if p == 1.0:
-        return jnp.abs(d)
+        return _abs(d)
     if p == 2.0:
         return d * d
     return jnp.abs(d) ** (p_ref[0] if p is None else p)
+
+
+def _abs(d):
+    """|d| by clearing the sign bit (float32).
+
+    ``jnp.abs`` lowers to libdevice's fabs, which Triton resolves to ``abs.ftz.f32`` (its
+    libdevice is linked with flush-to-zero on); ptxas cannot fold a flushing abs into the
+    non-flushing FADD that accumulates it, so every term paid a third FADD. A cleared sign
+    bit is LLVM's plain fabs, which ptxas folds into the FADD as its |.| operand modifier:
+    ``acc + |x - w|`` is two instructions, as on paper.
+    """
+    if d.dtype != jnp.float32:
+        return jnp.abs(d)
+    bits = lax.bitcast_convert_type(d, jnp.uint32) & jnp.uint32(0x7FFFFFFF)
+    return lax.bitcast_convert_type(bits, jnp.float32)
 
 
 def _input_term(d, p, p_ref, kind):
@@ -177,10 +199,11 @@ def _forward_kernel(x_ref, w_ref, *refs, layout, p, num_c_blocks, acc_dtype):
         t, c = _divmod(k, num_c_blocks)
         c0 = c * block_c
         phase, offset = _tap_phase_offset(t, layout)
-        xs = x_ref[phase, pl.ds(m0 + offset, block_m), pl.ds(c0, block_c)].astype(acc_dtype)
-        ws = w_ref[t, pl.ds(c0, block_c), :].astype(acc_dtype)
-        d = xs[:, :, None] - ws[None, :, :]
-        return acc + jnp.sum(_abs_pow(d, p, p_ref), axis=1)
+        for j in range(block_c):
+            xs = x_ref[phase, c0 + j, pl.ds(m0 + offset, block_m)].astype(acc_dtype)
+            ws = w_ref[t, c0 + j, :].astype(acc_dtype)
+            acc = acc + _abs_pow(xs[:, None] - ws[None, :], p, p_ref)
+        return acc
 
     acc = jnp.zeros((block_m, block_o), acc_dtype)
     acc = lax.fori_loop(0, layout.num_taps * num_c_blocks, body, acc)
@@ -203,12 +226,14 @@ def forward(x, w, *, strides, pads, p=1.0, p_value=None, block_sizes=None, inter
     """
     layout = _check_args(x, w, strides, pads, p, p_value)
     cin, cout = w.shape[2:]
-    bs = block_sizes or BlockSizes.get_default("forward", in_channels=cin, out_channels=cout)
+    bs = block_sizes or BlockSizes.get_default(
+        "forward", in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
+    )
     acc_dtype = _acc_dtype(x.dtype, w.dtype)
     cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
     rows = _round_up(layout.rows, bs.block_m)
     # Zero channels add |0 - 0| ** p = 0; extra rows keep every shifted block in bounds.
-    xph = layout_lib.split_input(x, layout, rows + layout.max_offset, cp)
+    xph = layout_lib.split_input(x, layout, rows + layout.max_offset, cp).transpose(0, 2, 1)
     wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
     _check_index_range(input=xph, filters=wt)
     operands = [xph, wt]
@@ -247,11 +272,12 @@ def _input_grad_kernel(
 ):
     p_ref, dx_ref = refs if p is None else (None, *refs)
     block_m, block_c = dx_ref.shape
-    block_o = w_ref.shape[2] // num_o_blocks
+    block_o = w_ref.shape[1] // num_o_blocks
     (sh, sw), (kh, kw), wq = layout.strides, layout.kernel_hw, layout.phase_hw[1]
     a, b = divmod(phase, sw)
     taps_j = -(-(kw - b) // sw)
     r0 = pl.program_id(0) * block_m
+    # The input tile is the same for every tap and output channel: registers, loaded once.
     xs = x_ref[...].astype(acc_dtype)
 
     def body(k, acc):
@@ -260,10 +286,14 @@ def _input_grad_kernel(
         o0 = o * block_o
         ti, tj = _divmod(q, taps_j)
         t = (a + sh * ti) * kw + b + sw * tj
-        gs = g_ref[pl.ds(r0 + front - ti * wq - tj, block_m), pl.ds(o0, block_o)]
-        ws = w_ref[t, :, pl.ds(o0, block_o)].astype(acc_dtype)
-        d = _input_term(ws[None, :, :] - xs[:, :, None], p, p_ref, kind)
-        return acc + jnp.sum(gs.astype(acc_dtype)[:, None, :] * d, axis=2)
+        rows = pl.ds(r0 + front - ti * wq - tj, block_m)
+        # Rank-1 updates over this block's output channels: a column of the cotangent and
+        # a row of the filters per channel, no reduction across threads.
+        for j in range(block_o):
+            gs = g_ref[o0 + j, rows].astype(acc_dtype)
+            ws = w_ref[t, o0 + j, :].astype(acc_dtype)
+            acc = acc + gs[:, None] * _input_term(ws[None, :] - xs, p, p_ref, kind)
+        return acc
 
     taps = -(-(kh - a) // sh) * taps_j
     acc = jnp.zeros((block_m, block_c), acc_dtype)
@@ -305,15 +335,18 @@ def input_grad(
             f"got {g.shape=}"
         )
     cin, cout = w.shape[2:]
-    bs = block_sizes or BlockSizes.get_default("input_grad", in_channels=cin, out_channels=cout)
+    bs = block_sizes or BlockSizes.get_default(
+        "input_grad", in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
+    )
     acc_dtype = _acc_dtype(x.dtype, w.dtype, g.dtype)
     cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
     rows = _round_up(layout.rows, bs.block_m)
     front = layout.max_offset
     xph = layout_lib.split_input(x, layout, rows, cp)
     # Zero output channels (g = 0) and zero grid points outside the real output add nothing.
-    gf = layout_lib.spread_output(g, layout, rows, op, front=front)
+    gf = layout_lib.spread_output(g, layout, rows, op, front=front).T
     wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
+    wt = wt.transpose(0, 2, 1)
     _check_index_range(input=xph, filters=wt, cotangent=gf)
     phases = []
     for phase in range(layout.num_phases):
@@ -324,7 +357,7 @@ def input_grad(
         operands = [xph, wt, gf]
         in_specs = [
             pl.BlockSpec((None, bs.block_m, bs.block_c), lambda m, c, ph=phase: (ph, m, c)),
-            pl.BlockSpec((layout.num_taps, bs.block_c, op), lambda m, c: (0, c, 0)),
+            pl.BlockSpec((layout.num_taps, op, bs.block_c), lambda m, c: (0, 0, c)),
             pl.BlockSpec(gf.shape, lambda m, c: (0, 0)),
         ]
         if p is None:
@@ -358,9 +391,7 @@ def input_grad(
 # ------------------------------------------------------------------ filter gradient
 
 
-def _filter_grad_kernel(
-    x_ref, g_ref, w_ref, dw_ref, *, layout, block_m, blocks_per_split, precision
-):
+def _filter_grad_kernel(x_ref, g_ref, dw_ref, *, layout, block_m, blocks_per_split, precision):
     block_c, block_o = dw_ref.shape
     acc_dtype = dw_ref.dtype
     c0 = pl.program_id(1) * block_c
@@ -368,22 +399,14 @@ def _filter_grad_kernel(
     phase, offset = _tap_phase_offset(pl.program_id(0), layout)
     base = pl.program_id(3) * blocks_per_split * block_m
 
-    def body(k, carry):
-        acc, gsum = carry
+    def body(k, acc):
         m0 = base + k * block_m
         xs = x_ref[phase, pl.ds(m0 + offset, block_m), pl.ds(c0, block_c)]
         gs = g_ref[pl.ds(m0, block_m), pl.ds(o0, block_o)]
-        acc = acc + plgpu.dot(xs, gs, trans_a=True, precision=precision).astype(acc_dtype)
-        return acc, gsum + jnp.sum(gs.astype(acc_dtype), axis=0)
+        return acc + plgpu.dot(xs, gs, trans_a=True, precision=precision).astype(acc_dtype)
 
     acc = jnp.zeros((block_c, block_o), acc_dtype)
-    gsum = jnp.zeros((block_o,), acc_dtype)
-    acc, gsum = lax.fori_loop(0, blocks_per_split, body, (acc, gsum))
-    dw_ref[...] = acc - w_ref[...].astype(acc_dtype) * gsum[None, :]
-
-
-# Enough programs for a few waves on a 132-SM H100 before the pixel reduction is split.
-_TARGET_PROGRAMS = 1024
+    dw_ref[...] = lax.fori_loop(0, blocks_per_split, body, acc)
 
 
 def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
@@ -405,7 +428,9 @@ def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
             f"got {g.shape=}"
         )
     cin, cout = w.shape[2:]
-    bs = block_sizes or BlockSizes.get_default("filter_grad", in_channels=cin, out_channels=cout)
+    bs = block_sizes or BlockSizes.get_default(
+        "filter_grad", in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
+    )
     if min(bs.block_m, bs.block_c, bs.block_o) < 16:
         raise ValueError(f"filter_grad needs every block size >= 16 (tl.dot), got {bs}")
     acc_dtype = _acc_dtype(x.dtype, w.dtype, g.dtype)
@@ -413,16 +438,14 @@ def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
     # else is multiplied in float32 (or float64) at full IEEE precision, never TF32.
     low = x.dtype == g.dtype and x.dtype in (jnp.bfloat16, jnp.float16)
     dot_dtype, precision = (x.dtype, None) if low else (acc_dtype, lax.Precision.HIGHEST)
-    cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
-    tiles = layout.num_taps * (cp // bs.block_c) * (op // bs.block_o)
-    num_blocks = -(-layout.rows // bs.block_m)
-    splits = bs.splits or max(1, min(num_blocks, -(-_TARGET_PROGRAMS // tiles)))
-    blocks_per_split = -(-num_blocks // splits)
-    splits = -(-num_blocks // blocks_per_split)
+    plan = launch(
+        "filter_grad", bs, in_channels=cin, out_channels=cout, rows=layout.rows,
+        taps=layout.num_taps,
+    )  # fmt: skip
+    cp, op, splits, blocks_per_split = plan.channels_in, plan.channels_out, plan.splits, plan.trips
     rows = splits * blocks_per_split * bs.block_m
     xph = layout_lib.split_input(x.astype(dot_dtype), layout, rows + layout.max_offset, cp)
     gf = layout_lib.spread_output(g.astype(dot_dtype), layout, rows, op)
-    wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
     _check_index_range(input=xph, cotangent=gf)
     kernel = functools.partial(
         _filter_grad_kernel,
@@ -438,7 +461,6 @@ def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
         in_specs=[
             pl.BlockSpec(xph.shape, lambda t, c, o, s: (0, 0, 0)),
             pl.BlockSpec(gf.shape, lambda t, c, o, s: (0, 0)),
-            pl.BlockSpec((None, bs.block_c, bs.block_o), lambda t, c, o, s: (t, c, o)),
         ],
         out_specs=pl.BlockSpec(
             (None, None, bs.block_c, bs.block_o), lambda t, c, o, s: (s, t, c, o)
@@ -446,6 +468,8 @@ def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
         compiler_params=_compiler_params(bs),
         interpret=interpret,
         name="adder_filter_grad",
-    )(xph, gf, wt)
-    dw = jnp.sum(partial_dw, axis=0)[:, :cin, :cout]
-    return dw.reshape(w.shape)
+    )(xph, gf)
+    # sum_m g[m, o] is the same for every tap: one XLA reduction, not one per tile.
+    gsum = jnp.sum(g.astype(acc_dtype), axis=(0, 1, 2))
+    xtg = jnp.sum(partial_dw, axis=0)[:, :cin, :cout].reshape(w.shape)
+    return xtg - w.astype(acc_dtype) * gsum[None, None, None, :]
