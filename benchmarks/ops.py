@@ -12,9 +12,17 @@ peak memory of each compiled computation as XLA's buffer assignment reports it
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import sys
 import time
+
+if __name__ == "__main__":
+    # Run as a script, this folder is sys.path[0] and its kernels.py would shadow the kernels
+    # package that adderjax imports: the repository goes first, this folder last.
+    sys.path.append(sys.path.pop(0))
+    sys.path.insert(0, os.path.dirname(sys.path[-1]))
 
 import jax
 import jax.numpy as jnp

@@ -19,7 +19,14 @@ import argparse
 import functools
 import os
 import statistics
+import sys
 import time
+
+if __name__ == "__main__":
+    # Run as a script, this folder is sys.path[0] and its kernels.py would shadow the kernels
+    # package that adderjax imports: the repository goes first, this folder last.
+    sys.path.append(sys.path.pop(0))
+    sys.path.insert(0, os.path.dirname(sys.path[-1]))
 
 DEVICE_COUNTS = (1, 2, 4, 8)
 
