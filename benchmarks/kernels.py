@@ -270,6 +270,10 @@ def main():
     parser.add_argument("--roofline", action="store_true", help="print the H100 roofline only")
     parser.add_argument("--sass", action="store_true", help="print the static SASS report")
     parser.add_argument("--tune", action="store_true", help="rewrite kernels/tile_costs.py")
+    parser.add_argument(
+        "--tune-kernels", default=",".join(sass_model.KINDS),
+        help="--tune these kernels only (comma-separated); the others keep their rows",
+    )  # fmt: skip
     parser.add_argument("--batch", type=int, default=32, help="batch of --sass and --tune")
     parser.add_argument(
         "--precision", choices=("default", "highest"), default="highest",
@@ -285,7 +289,12 @@ def main():
         with tempfile.TemporaryDirectory() as tmp:
             workdir = pathlib.Path(args.workdir or tmp)
             if args.tune:
-                table = sass_model.tune(workdir / "tune", args.batch)
+                kinds = tuple(args.tune_kernels.split(","))
+                unknown = set(kinds) - set(sass_model.KINDS)
+                if unknown:
+                    parser.error(f"--tune-kernels: unknown {sorted(unknown)}")
+                table = {k: [e._asdict() for e in v] for k, v in tile_costs.TILES.items()}
+                table.update(sass_model.tune(workdir / "tune", args.batch, kinds))
                 path = pathlib.Path(kernels.__file__).with_name("tile_costs.py")
                 write_tile_costs(table, path, args.batch)
                 print(f"wrote {sum(map(len, table.values()))} tiles to {path}")

@@ -8,7 +8,7 @@ process (`benchmarks/compile_ttir.py`), and the disassembly is read back (`parse
 loop's trip count, the layer's useful terms) in a `KernelReport`.
 
 The model (`KernelReport`):
-* hot loop: the instructions of the kernel's one backward branch, per *term* (one
+* hot loop: the instructions of the kernel's innermost backward branch, per *term* (one
   ``|x - w|`` accumulate, one input-gradient term, one multiply-accumulate of the filter
   gradient); a thread does ``block_m * block_c * block_o / threads`` of them an iteration.
 * whole kernel: every instruction outside the loop counted once per thread (an upper
@@ -245,10 +245,10 @@ class KernelReport:
     registers: int
     spill_bytes: int
     shared_bytes: int
-    trips: int
+    trips: int  # runs of the hot (innermost) loop's body: the product of the trip counts
     loop_instructions: int
     loop_histogram: dict
-    other_instructions: int
+    other_instructions: int  # executed per thread outside the hot loop (outer loops included)
 
     @property
     def threads(self) -> int:
@@ -307,17 +307,28 @@ def analyze(label: str, call: TritonCall, compiled: dict, block, useful_terms: i
     if "error" in compiled:
         raise RuntimeError(f"{label}: {compiled['error']}")
     instructions = parse_sass(compiled["sass"])
-    found = loops(instructions)
-    if not found and not compiled["trips"]:
-        # A loop of one trip is unrolled away: the whole kernel is its one iteration.
-        loop, trips = instructions, 1
-    elif len(found) == 1 and len(compiled["trips"]) == 1:
-        (loop,), (trips,) = found, compiled["trips"]
-    else:
+    found = sorted(loops(instructions), key=lambda loop: loop[0].address)
+    trips = list(compiled["trips"])
+    if len(trips) > len(found):  # a loop of one trip is unrolled away by LLVM or ptxas
+        trips = [t for t in trips if t != 1]
+    nested = all(
+        inner[0].address >= outer[0].address and inner[-1].address <= outer[-1].address
+        for outer, inner in zip(found, found[1:], strict=False)
+    )
+    if len(trips) != len(found) or not nested:
         raise RuntimeError(
-            f"{label}: expected one loop, found {len(found)} in SASS and trip counts "
-            f"{compiled['trips']} in the Triton IR"
+            f"{label}: expected nested loops with constant trip counts, found {len(found)} "
+            f"loops in SASS and trip counts {compiled['trips']} in the Triton IR"
         )
+    # Per thread: every instruction outside the loops once, each loop's own instructions
+    # (its body less the loop inside it) once per trip of it and of every loop around it.
+    executed, runs = len(instructions) - (len(found[0]) if found else 0), 1
+    for depth, (loop, n) in enumerate(zip(found, trips, strict=True)):
+        runs *= n
+        inner = len(found[depth + 1]) if depth + 1 < len(found) else 0
+        executed += runs * (len(loop) - inner)
+    # The hot loop: the innermost; a kernel whose loops were all unrolled is one iteration.
+    loop = found[-1] if found else instructions
     histogram = collections.Counter(ins.base for ins in loop)
     return KernelReport(
         label=label,
@@ -329,10 +340,10 @@ def analyze(label: str, call: TritonCall, compiled: dict, block, useful_terms: i
         registers=compiled["reg"],
         spill_bytes=compiled["local"],
         shared_bytes=compiled["shared"],
-        trips=trips,
+        trips=runs,
         loop_instructions=len(loop),
         loop_histogram=dict(histogram.most_common()),
-        other_instructions=len(instructions) - len(loop),
+        other_instructions=executed - runs * len(loop),
     )
 
 
@@ -406,32 +417,44 @@ def tune_candidates(kind: str) -> list:
                                 block_m=m, block_c=c, block_o=o, num_warps=warps
                             ))  # fmt: skip
         return out
+    if kind == "forward":
+        # Accumulator (block_o, block_m): each thread holds all block_o channels of a few pixels.
+        for m in (64, 128, 256, 512, 1024):
+            for o in (8, 16, 32, 64):
+                for step in (4, 8, 16):  # the unrolled rank-1 updates an iteration
+                    for warps in (2, 4, 8):
+                        per_thread = m * o // (32 * warps)
+                        if 16 <= per_thread <= 128 and per_thread * step <= 1024:
+                            out.append(kernels.BlockSizes(
+                                block_m=m, block_c=step, block_o=o, num_warps=warps
+                            ))  # fmt: skip
+        return out
     for m in (32, 64, 128, 256):
-        for n in (16, 32, 64, 128):  # the accumulator's columns
+        for c in (16, 32, 64, 128):  # the accumulator's columns
             for step in (4, 8, 16):  # the unrolled rank-1 updates an iteration
                 for warps in (2, 4, 8):
-                    per_thread = m * n // (32 * warps)
-                    if not 16 <= per_thread <= 128 or per_thread * step > 1024:
-                        continue
-                    c, o = (step, n) if kind == "forward" else (n, step)
-                    out.append(kernels.BlockSizes(block_m=m, block_c=c, block_o=o, num_warps=warps))
+                    per_thread = m * c // (32 * warps)
+                    if 16 <= per_thread <= 128 and per_thread * step <= 1024:
+                        out.append(
+                            kernels.BlockSizes(block_m=m, block_c=c, block_o=step, num_warps=warps)
+                        )
     return out
 
 
 TUNE_LAYER = ("resnet50", "s3_3x3")
 
 
-def tune(workdir, batch: int = 32) -> dict:
-    """{kind: [TileCost-like dicts]} of every candidate, compiled on TUNE_LAYER."""
+def tune(workdir, batch: int = 32, kinds=KINDS) -> dict:
+    """{kind: [TileCost-like dicts]} of every candidate of `kinds`, compiled on TUNE_LAYER."""
     layer = adder_layers.LAYERS[TUNE_LAYER[0]][TUNE_LAYER[1]]
     entries = []
-    for kind in KINDS:
+    for kind in kinds:
         for bs in tune_candidates(kind):
             tiles = dict.fromkeys(KINDS, bs)
             for _, call, useful in kernel_calls(layer, batch, tiles, kinds=(kind,)):
                 entries.append((kind, bs, call, useful))
     compiled = compile_calls([e[2] for e in entries], workdir)
-    table = {kind: [] for kind in KINDS}
+    table = {kind: [] for kind in kinds}
     for (kind, bs, call, useful), result in zip(entries, compiled, strict=True):
         if "error" in result:
             print(f"skipped {kind} {bs}: {result['error'][:200]}", file=sys.stderr)

@@ -5,11 +5,12 @@ All three work on the phase-flat layout of `kernels.layout`, where tap ``t`` of 
 under one tap is one contiguous (block_m, channels) block, loaded without a gather.
 
 * forward: ``y[m, o] = -sum_{t, c} |x[phase t][m + off t, c] - w[t, c, o]| ** p``. Grid over
-  (pixel tiles, output-channel tiles); a loop over (tap, input-channel block) makes
-  ``block_c`` rank-1 updates ``acc[m, o] += |x[m, c] - w[c, o]| ** p`` from a column of the
-  input (stored channel-major, so the column is contiguous) and a row of the filters, into a
-  (block_m, block_o) float32 accumulator (float64 for float64 inputs). No reduction crosses
-  threads: at p = 1 a term is two FADDs (the second with the |.| operand modifier).
+  (pixel tiles, output-channel tiles); a loop over taps, and inside it over input-channel
+  blocks, makes ``block_c`` rank-1 updates ``acc[o, m] += |x[c, m] - w[c, o]| ** p`` from a
+  row of the input (stored channel-major, so the row of pixels is contiguous) and a row of
+  the filters, into a (block_o, block_m) float32 accumulator (float64 for float64 inputs), written out
+  channel-major. No reduction crosses threads: at p = 1 a term is two FADDs (the second with
+  the |.| operand modifier).
 * input gradient: for one input phase, ``dx[r, c] = sum_{t in phase, o} g[r - off t, o] *
   f(w[t, c, o] - x[r, c])`` with f the HardTanh clip or the l_p term. Grid over (input-pixel
   tiles, input-channel tiles); the input tile stays in registers, and a loop over (tap,
@@ -191,22 +192,32 @@ def _input_term(d, p, p_ref, kind):
 
 def _forward_kernel(x_ref, w_ref, *refs, layout, p, num_c_blocks, acc_dtype):
     p_ref, y_ref = refs if p is None else (None, *refs)
-    block_m, block_o = y_ref.shape
+    block_o, block_m = y_ref.shape
     block_c = w_ref.shape[1] // num_c_blocks
     m0 = pl.program_id(0) * block_m
 
-    def body(k, acc):
-        t, c = _divmod(k, num_c_blocks)
-        c0 = c * block_c
+    def tap_body(t, acc):
         phase, offset = _tap_phase_offset(t, layout)
-        for j in range(block_c):
-            xs = x_ref[phase, c0 + j, pl.ds(m0 + offset, block_m)].astype(acc_dtype)
-            ws = w_ref[t, c0 + j, :].astype(acc_dtype)
-            acc = acc + _abs_pow(xs[:, None] - ws[None, :], p, p_ref)
-        return acc
 
-    acc = jnp.zeros((block_m, block_o), acc_dtype)
-    acc = lax.fori_loop(0, layout.num_taps * num_c_blocks, body, acc)
+        def body(c, acc):
+            c0 = c * block_c
+            for j in range(block_c):
+                # The accumulator is (output channels, pixels): Triton spreads its threads
+                # over the last axis, so each thread owns a few pixels and *every* output
+                # channel of the tile: it loads its pixels of the input row (contiguous,
+                # channel-major) and the whole filter row (vector loads of the same
+                # addresses in every thread), and each value loaded serves block_o (or
+                # pixels-per-thread) terms.
+                xs = x_ref[phase, pl.ds(c0 + j, 1), pl.ds(m0 + offset, block_m)]
+                ws = w_ref[t, pl.ds(c0 + j, 1), :].astype(acc_dtype).T
+                acc = acc + _abs_pow(ws - xs.astype(acc_dtype), p, p_ref)
+            return acc
+
+        # The channel loop inside the tap loop: its addresses step by a constant.
+        return lax.fori_loop(0, num_c_blocks, body, acc)
+
+    acc = jnp.zeros((block_o, block_m), acc_dtype)
+    acc = lax.fori_loop(0, layout.num_taps, tap_body, acc)
     y_ref[...] = (-acc).astype(y_ref.dtype)
 
 
@@ -253,15 +264,15 @@ def forward(x, w, *, strides, pads, p=1.0, p_value=None, block_sizes=None, inter
     )
     y = pl.pallas_call(
         kernel,
-        out_shape=jax.ShapeDtypeStruct((rows, op), acc_dtype),
+        out_shape=jax.ShapeDtypeStruct((op, rows), acc_dtype),
         grid=(rows // bs.block_m, op // bs.block_o),
         in_specs=in_specs,
-        out_specs=pl.BlockSpec((bs.block_m, bs.block_o), lambda m, o: (m, o)),
+        out_specs=pl.BlockSpec((bs.block_o, bs.block_m), lambda m, o: (o, m)),
         compiler_params=_compiler_params(bs),
         interpret=interpret,
         name="adder_forward",
     )(*operands)
-    return layout_lib.gather_output(y, layout, cout)
+    return layout_lib.gather_output(y.T, layout, cout)
 
 
 # ------------------------------------------------------------------- input gradient

@@ -84,14 +84,13 @@ TARGET_LAYERS = [
 ]
 TARGETS = {"forward": 2.5, "input_grad": 5.0, "filter_grad": 1.5}
 # Where the targets are not met today (docs/kernels.md says why), the bound that keeps the
-# measured value from regressing: ResNet-20's 16-64 channels leave each thread one output
-# column of 16-32 pixels, so the x column's shared-memory loads and addresses are not
-# amortised; ResNet-50's stride-2 and 7x7 3x3 layers get a smaller tile to fill the SMs.
+# measured value from regressing: ResNet-20's 16-64 channels at batch 32 are small layers,
+# where the tile that fills 132 SMs is too small to amortise its per-step loads and address
+# arithmetic (2.53-2.96), and a 16x16 filter-gradient tile cannot feed its dot (1.56).
 NOT_YET = {
-    ("resnet20", "forward"): 3.1,
+    ("resnet20", "forward"): 3.0,
     ("resnet20", "filter_grad"): 1.6,
     ("resnet20", "input_grad"): 5.1,  # one phase of a stride-2 layer: 5.04
-    ("resnet50", "forward"): 2.7,
 }
 
 
@@ -107,10 +106,7 @@ def test_default_tiles_meet_the_instruction_targets(tmp_path):
     for (label, layer, kind, call, useful, bs), result in zip(entries, compiled, strict=True):
         r = sass_model.analyze(label, call, result, (bs.block_m, bs.block_c, bs.block_o), useful)
         assert r.spill_bytes == 0 and r.registers <= 255, label
-        bound = TARGETS[kind]
-        if not (label.startswith("resnet50") and "down" not in label and kind == "forward"
-                and "s4" not in label):  # fmt: skip
-            bound = NOT_YET.get((label.split()[0], kind), bound)
+        bound = NOT_YET.get((label.split()[0], kind), TARGETS[kind])
         assert r.per_term <= bound, (label, r.per_term, r.loop_histogram)
         # The FP32 arithmetic is the ideal (the filter gradient adds each dot product to its
         # accumulator: one FADD per output a step): one copy of the loop body, no hidden
