@@ -8,9 +8,9 @@ under one tap is one contiguous (block_m, channels) block, loaded without a gath
   (pixel tiles, output-channel tiles); a loop over taps, and inside it over input-channel
   blocks, makes ``block_c`` rank-1 updates ``acc[o, m] += |x[c, m] - w[c, o]| ** p`` from a
   row of the input (stored channel-major, so the row of pixels is contiguous) and a row of
-  the filters, into a (block_o, block_m) float32 accumulator (float64 for float64 inputs), written out
-  channel-major. No reduction crosses threads: at p = 1 a term is two FADDs (the second with
-  the |.| operand modifier).
+  the filters, into a (block_o, block_m) float32 accumulator (float64 for float64 inputs),
+  written out channel-major. No reduction crosses threads: at p = 1 a term is two FADDs (the
+  second with the |.| operand modifier).
 * input gradient: for one input phase, ``dx[r, c] = sum_{t in phase, o} g[r - off t, o] *
   f(w[t, c, o] - x[r, c])`` with f the HardTanh clip or the l_p term. Grid over (input-pixel
   tiles, input-channel tiles); the input tile stays in registers, and a loop over (tap,
