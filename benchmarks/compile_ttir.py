@@ -3,7 +3,7 @@
     python benchmarks/compile_ttir.py DIR
 
 Files are named NAME.wNUM_WARPS.sNUM_STAGES.ttir. Run in its own process (by
-`benchmarks/sass.py`): the triton package and jaxlib each carry an LLVM, which are best not
+`benchmarks/sass_model.py`): the triton package and jaxlib each carry an LLVM, which are best not
 loaded into one process. For every DIR/*.ttir it writes DIR/NAME.sass (the disassembly by
 the `cuobjdump` that the triton wheel ships) and prints one JSON line: the file, the
 registers and local (spill) bytes per thread that `cuobjdump --dump-resource-usage` reports,

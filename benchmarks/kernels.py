@@ -7,12 +7,12 @@ counts their sm_90 machine code on any machine.
     python benchmarks/kernels.py --sass          # any x86-64 Linux: the static SASS report
     python benchmarks/kernels.py --tune          # any x86-64 Linux: rewrite kernels/tile_costs.py
 
---sass compiles every kernel of every layer of `benchmarks/layers.py` (ResNet-20, VGG-small,
+--sass compiles every kernel of every layer of `benchmarks/adder_layers.py` (ResNet-20, VGG-small,
 ResNet-50; --batch, default 32) with the default tiles for sm_90, offline (the test extra's
 triton + ptxas), and prints per kernel and layer: the tile, registers, spills, shared memory,
 blocks per SM, hot-loop instructions and their mix, terms per thread per iteration,
 instructions per term against the ideal, whole-kernel instructions per useful term, and the
-estimated H100 time (`benchmarks/sass.py` holds the model), with the layer's layout copies at
+estimated H100 time (`benchmarks/sass_model.py` holds the model), with the layer's layout copies at
 HBM speed and the paper roofline beside it. --tune compiles the candidate tiles of each kernel
 on one layer and writes the table that `BlockSizes.get_default` ranks.
 
@@ -47,16 +47,16 @@ import sass_model  # benchmarks/sass_model.py: the static SASS model
 
 import adderjax
 import kernels
+from kernels import block_sizes, tile_costs
 from kernels import layout as layout_lib
-from kernels import tile_costs
 
-# H100 SXM5 (NVIDIA datasheet): 132 SMs x 128 FP32 lanes at 1.98 GHz boost, HBM3 3.35 TB/s.
-H100_FP32_INSTR_PER_S = 132 * 128 * 1.98e9
-H100_HBM_BYTES_PER_S = 3.35e12
+# H100 SXM5: 132 SMs x 128 FP32 lanes at 1.98 GHz boost, HBM3 3.35 TB/s (sass_model's numbers).
+H100_FP32_INSTR_PER_S = block_sizes.SMS * sass_model.LANES_PER_SM * sass_model.CLOCK_HZ
+H100_HBM_BYTES_PER_S = sass_model.HBM_BYTES_PER_S
 # FP32 instructions per term: forward |x - w| + acc is FADD then FADD with an |.| operand
 # modifier; the input gradient g * clip(w - x) + acc is FADD, FMNMX, FMNMX, FFMA; the
 # filter gradient's x^T g is one FFMA (IEEE fp32 dot, no tensor cores).
-INSTR_PER_TERM = {"forward": 2, "input_grad": 4, "filter_grad": 1}
+INSTR_PER_TERM = sass_model.IDEAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +103,7 @@ def layout_copy_bytes(layer, batch: int, kernel: str) -> float:
 
 
 def layer_roofline(layer, batch: int, kernel: str) -> Roofline:
-    """Paper roofline of one Pallas kernel on a `benchmarks/layers.py` layer, float32."""
+    """Paper roofline of one Pallas kernel on a `benchmarks/adder_layers.py` layer, float32."""
     grid, x, y, w, xph, ygrid = _words(layer, batch)
     (_, _, cin), (kh, kw), cout, _, _ = layer
     terms = grid * cout * kh * kw * cin

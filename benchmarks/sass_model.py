@@ -45,10 +45,12 @@ from kernels import block_sizes
 from kernels import layout as layout_lib
 
 __all__ = [
-    "H100",
+    "CLOCK_HZ",
+    "HBM_BYTES_PER_S",
     "IDEAL",
     "Instruction",
     "KernelReport",
+    "LANES_PER_SM",
     "TritonCall",
     "analyze",
     "compile_calls",
@@ -71,25 +73,12 @@ IDEAL = {"forward": 2, "input_grad": 4, "filter_grad": 1}
 FP32_OPCODES = ("FADD", "FFMA", "FMUL", "FMNMX", "FSEL", "FSETP", "MUFU")
 
 
-@dataclasses.dataclass(frozen=True)
-class Hardware:
-    name: str
-    sms: int
-    lanes_per_sm: int  # FP32 lanes: one thread instruction per lane per clock
-    clock_hz: float
-    shared_per_block: int
-    hbm_bytes_per_s: float
-
-
-# H100 SXM5 (NVIDIA datasheet and the CUDA programming guide's sm_90 limits).
-H100 = Hardware(
-    name="H100 SXM",
-    sms=132,
-    lanes_per_sm=128,
-    clock_hz=1.98e9,
-    shared_per_block=227 * 1024,
-    hbm_bytes_per_s=3.35e12,
-)
+# H100 SXM5 (NVIDIA datasheet): 128 FP32 lanes an SM (one thread instruction each a clock)
+# at 1.98 GHz boost, HBM3 at 3.35 TB/s; the SM count and occupancy limits are
+# kernels.block_sizes', which ranks tiles with the same model.
+LANES_PER_SM = 128
+CLOCK_HZ = 1.98e9
+HBM_BYTES_PER_S = 3.35e12
 
 
 @dataclasses.dataclass(frozen=True)
@@ -284,22 +273,14 @@ class KernelReport:
     def blocks_per_sm(self) -> int:
         return block_sizes.blocks_per_sm(self.registers, self.threads, self.shared_bytes)
 
-    def seconds(self, hw: Hardware = H100) -> float:
-        """Issue-bound time of the kernel on `hw` (no layout copies), as
+    def seconds(self) -> float:
+        """Issue-bound H100 time of the kernel (no layout copies), as
         `kernels.block_sizes.relative_cost` ranks tiles."""
         per_program = self.thread_instructions / self.programs
         cost = block_sizes.relative_cost(
             self.programs, per_program, self.blocks_per_sm(), self.num_warps
         )
-        return cost / (hw.lanes_per_sm * hw.clock_hz)
-
-    @property
-    def fits(self) -> bool:
-        return (
-            self.spill_bytes == 0
-            and self.registers <= 255
-            and self.shared_bytes <= (H100.shared_per_block)
-        )
+        return cost / (LANES_PER_SM * CLOCK_HZ)
 
 
 def analyze(label: str, call: TritonCall, compiled: dict, block, useful_terms: int):

@@ -111,10 +111,6 @@ def _acc_dtype(*dtypes):
     return jnp.promote_types(jnp.result_type(*dtypes), jnp.float32)
 
 
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
-
-
 def _compiler_params(block_sizes: BlockSizes):
     # In jax 0.10 a pallas_call on GPU without these goes to Mosaic GPU, not Triton.
     return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
@@ -258,9 +254,11 @@ def forward(x, w, *, strides, pads, p=1.0, p_value=None, block_sizes=None, inter
     bs = block_sizes or BlockSizes.get_default(
         "forward", in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
     )
+    plan = launch(
+        "forward", bs, in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
+    )
     acc_dtype = _acc_dtype(x.dtype, w.dtype)
-    cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
-    rows = _round_up(layout.rows, bs.block_m)
+    cp, op, rows = plan.channels_in, plan.channels_out, plan.rows
     # Zero channels add |0 - 0| ** p = 0; extra rows keep every shifted block in bounds.
     xph = layout_lib.split_input(x, layout, rows + layout.max_offset, cp).transpose(0, 2, 1)
     wt = jnp.pad(w.reshape(layout.num_taps, cin, cout), ((0, 0), (0, cp - cin), (0, op - cout)))
@@ -367,9 +365,11 @@ def input_grad(
     bs = block_sizes or BlockSizes.get_default(
         "input_grad", in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
     )
+    plan = launch(
+        "input_grad", bs, in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
+    )
     acc_dtype = _acc_dtype(x.dtype, w.dtype, g.dtype)
-    cp, op = _round_up(cin, bs.block_c), _round_up(cout, bs.block_o)
-    rows = _round_up(layout.rows, bs.block_m)
+    cp, op, rows = plan.channels_in, plan.channels_out, plan.rows
     front = layout.max_offset
     xph = layout_lib.split_input(x, layout, rows, cp)
     # Zero output channels (g = 0) and zero grid points outside the real output add nothing.
@@ -471,8 +471,8 @@ def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
         "filter_grad", bs, in_channels=cin, out_channels=cout, rows=layout.rows,
         taps=layout.num_taps,
     )  # fmt: skip
-    cp, op, splits, blocks_per_split = plan.channels_in, plan.channels_out, plan.splits, plan.trips
-    rows = splits * blocks_per_split * bs.block_m
+    cp, op, rows = plan.channels_in, plan.channels_out, plan.rows
+    splits, blocks_per_split = plan.splits, plan.trips
     xph = layout_lib.split_input(x.astype(dot_dtype), layout, rows + layout.max_offset, cp)
     gf = layout_lib.spread_output(g.astype(dot_dtype), layout, rows, op)
     _check_index_range(input=xph, cotangent=gf)

@@ -138,6 +138,7 @@ class Launch(NamedTuple):
     channels_in: int  # in_channels rounded up to the tile
     channels_out: int
     splits: int  # filter gradient: slices of the pixel reduction; 1 otherwise
+    rows: int  # grid rows the pixel tiles cover: the layout's rows rounded up to whole tiles
 
 
 def launch(kernel: str, bs: BlockSizes, *, in_channels, out_channels, rows, taps) -> Launch:
@@ -148,15 +149,20 @@ def launch(kernel: str, bs: BlockSizes, *, in_channels, out_channels, rows, taps
     """
     cp, op = _round_up(in_channels, bs.block_c), _round_up(out_channels, bs.block_o)
     pixel_blocks = -(-rows // bs.block_m)
+    padded = pixel_blocks * bs.block_m
     if kernel == "forward":
-        return Launch(pixel_blocks * (op // bs.block_o), taps * (cp // bs.block_c), cp, op, 1)
+        programs, trips = pixel_blocks * (op // bs.block_o), taps * (cp // bs.block_c)
+        return Launch(programs, trips, cp, op, 1, padded)
     if kernel == "input_grad":
-        return Launch(pixel_blocks * (cp // bs.block_c), taps * (op // bs.block_o), cp, op, 1)
+        programs, trips = pixel_blocks * (cp // bs.block_c), taps * (op // bs.block_o)
+        return Launch(programs, trips, cp, op, 1, padded)
     tiles = taps * (cp // bs.block_c) * (op // bs.block_o)
     splits = bs.splits or max(1, min(pixel_blocks, -(-TARGET_PROGRAMS // tiles)))
     blocks_per_split = -(-pixel_blocks // splits)
     splits = -(-pixel_blocks // blocks_per_split)
-    return Launch(tiles * splits, blocks_per_split, cp, op, splits)
+    return Launch(
+        tiles * splits, blocks_per_split, cp, op, splits, splits * blocks_per_split * bs.block_m
+    )
 
 
 def blocks_per_sm(registers: int, threads: int, shared_bytes: int) -> int:

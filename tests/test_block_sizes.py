@@ -72,13 +72,13 @@ def test_launch_arithmetic():
     bs = BlockSizes(block_m=64, block_c=8, block_o=32)
     plan = launch("forward", bs, in_channels=20, out_channels=40, rows=130, taps=9)
     # 3 pixel blocks x 2 channel blocks; 9 taps x 3 blocks of 8 input channels (24 >= 20).
-    assert plan == (6, 27, 24, 64, 1)
+    assert plan == (6, 27, 24, 64, 1, 192)  # 130 rows padded to 3 tiles of 64
     plan = launch("input_grad", bs, in_channels=20, out_channels=40, rows=130, taps=9)
-    assert plan == (3 * 3, 9 * 2, 24, 64, 1)
+    assert plan == (3 * 3, 9 * 2, 24, 64, 1, 192)
     dw = BlockSizes(block_m=16, block_c=16, block_o=16, splits=4)
     # 130 rows = 9 pixel blocks in 4 splits of 3 blocks (the last split is cut to what is left).
     assert launch("filter_grad", dw, in_channels=20, out_channels=40, rows=130, taps=9) == (
-        9 * 2 * 3 * 3, 3, 32, 48, 3,
+        9 * 2 * 3 * 3, 3, 32, 48, 3, 3 * 3 * 16,
     )  # fmt: skip
 
 
