@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import jax.numpy as jnp
 from jax import lax
 
-INPUT_GRADS = ("hardtanh", "lp")
+# Re-exported: the kernels, the lowest layer, define the input-gradient rules.
+from kernels.adder_triton import INPUT_GRADS as INPUT_GRADS
+from kernels.adder_triton import InputGrad as InputGrad
+
 # The filter gradient: the paper's "full-precision" x - w (eq. 5), or the true derivative
 # sign(x - w) of the l_1 forward (the signSGD-like rule of the paper's ablation, Table 4).
-FILTER_GRADS = ("full_precision", "sign")
-IMPLEMENTATIONS = ("xla", "pallas")
+FilterGrad = Literal["full_precision", "sign"]
+FILTER_GRADS: tuple[str, ...] = get_args(FilterGrad)
+# The op's backends ("pallas": the Triton kernels of `kernels`; "xla": `adderjax.xla`).
+Implementation = Literal["xla", "pallas"]
+IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 Padding = str | Sequence[tuple[int, int]]
 
 

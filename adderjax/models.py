@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from adderjax.batch_norm import BatchNorm
 from adderjax.nn import AdderConv, AdderDense
 
 __all__ = [
@@ -103,9 +104,10 @@ def _full_precision_conv(model: nn.Module) -> ModuleDef:
 
 
 def _norm(model: nn.Module, train: bool) -> ModuleDef:
-    # PyTorch's BatchNorm2d defaults: its momentum 0.1 is flax's 0.9, eps 1e-5.
+    # PyTorch's BatchNorm2d: its statistics (`adderjax.batch_norm`), its momentum 0.1 (flax's
+    # 0.9) and its eps 1e-5.
     return partial(
-        nn.BatchNorm,
+        BatchNorm,
         use_running_average=not train,
         momentum=0.9,
         epsilon=1e-5,

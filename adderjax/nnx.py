@@ -14,18 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adderjax import ops
-from adderjax.nn import (
-    PaddingLike,
-    _add_bias,
-    _adder_args,
-    _apply_conv,
-    _check_in_features,
-    _check_inputs,
-    _conv_args,
-    default_bias_init,
-    default_kernel_init,
-)
+from adderjax import layer_core, ops
+from adderjax.layer_core import PaddingLike, default_bias_init, default_kernel_init
 
 __all__ = ["AdderConv", "AdderLinear"]
 
@@ -108,10 +98,10 @@ class AdderConv(nnx.Module):
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
         # Checked here rather than at call time so a bad layer fails where it is built.
-        kernel_size, strides, padding = _conv_args(
+        kernel_size, strides, padding = layer_core.conv_args(
             kernel_size, strides, padding, input_dilation, kernel_dilation, feature_group_count
         )
-        p = _adder_args(p, input_grad, implementation, filter_grad, allow_array_p=False)
+        p = layer_core.adder_args(p, input_grad, implementation, filter_grad, allow_array_p=False)
         kernel_shape = kernel_size + (in_features, out_features)
         self.adder = nnx.Param(
             kernel_init(rngs.params(), kernel_shape, param_dtype), **kernel_metadata
@@ -153,12 +143,12 @@ class AdderConv(nnx.Module):
           ``(*batch_dims, Ho, Wo, out_features)``.
         """
         p = self.p if p is None else p
-        _check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
-        _check_in_features(inputs, self.in_features)
+        layer_core.check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
+        layer_core.check_in_features(inputs, self.in_features)
         kernel = self.adder[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = nnx.nn.dtypes.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
-        return _apply_conv(
+        return layer_core.apply_conv(
             inputs,
             kernel,
             bias,
@@ -228,7 +218,7 @@ class AdderLinear(nnx.Module):
         kernel_metadata: Mapping[str, Any] = MappingProxyType({}),
         bias_metadata: Mapping[str, Any] = MappingProxyType({}),
     ):
-        p = _adder_args(p, input_grad, implementation, filter_grad, allow_array_p=False)
+        p = layer_core.adder_args(p, input_grad, implementation, filter_grad, allow_array_p=False)
         self.adder = nnx.Param(
             kernel_init(rngs.params(), (in_features, out_features), param_dtype),
             **kernel_metadata,
@@ -266,8 +256,8 @@ class AdderLinear(nnx.Module):
           ``(..., out_features)``.
         """
         p = self.p if p is None else p
-        _check_inputs(inputs, 1, "(..., in_features)")
-        _check_in_features(inputs, self.in_features)
+        layer_core.check_inputs(inputs, 1, "(..., in_features)")
+        layer_core.check_in_features(inputs, self.in_features)
         kernel = self.adder[...]
         bias = self.bias[...] if self.bias is not None else None
         inputs, kernel, bias = nnx.nn.dtypes.promote_dtype((inputs, kernel, bias), dtype=self.dtype)
@@ -280,4 +270,4 @@ class AdderLinear(nnx.Module):
             implementation=self.implementation,
             interpret=self.interpret,
         )
-        return _add_bias(y, bias)
+        return layer_core.add_bias(y, bias)

@@ -28,7 +28,13 @@ import optax
 from flax import nnx
 from flax.core import meta
 
-__all__ = ["adder_mask", "adder_sgd", "scale_by_adaptive_lr"]
+__all__ = [
+    "InvalidArgumentError",
+    "adder_mask",
+    "adder_sgd",
+    "check_sgd_arguments",
+    "scale_by_adaptive_lr",
+]
 
 # The attribute / dict key under which the adder layers (linen and NNX) store their filter.
 _ADDER_NAME = "adder"
@@ -97,12 +103,22 @@ def adder_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_box)
 
 
-def _invalid(name: str, value: Any, expected: str) -> ValueError:
-    if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) > 0:
-        got = f"an array of shape {np.shape(value)}"
-    else:
-        got = repr(value)
-    return ValueError(f"{name} must be {expected}, got {got}")
+class InvalidArgumentError(ValueError):
+    """An optimizer argument out of its range; `name`, `value` and `expected` say which."""
+
+    def __init__(self, name: str, value: Any, expected: str, message: str | None = None):
+        self.name, self.value, self.expected = name, value, expected
+        if message is None:
+            if isinstance(value, (np.ndarray, jax.Array)) and np.ndim(value) > 0:
+                got = f"an array of shape {np.shape(value)}"
+            else:
+                got = repr(value)
+            message = f"{name} must be {expected}, got {got}"
+        super().__init__(message)
+
+
+def _invalid(name: str, value: Any, expected: str) -> InvalidArgumentError:
+    return InvalidArgumentError(name, value, expected)
 
 
 def _concrete_float(name: str, value: Any, expected: str) -> float | None:
@@ -202,6 +218,40 @@ def scale_by_adaptive_lr(eta: float = 0.2, eps: float = 1e-12) -> optax.Gradient
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def check_sgd_arguments(
+    learning_rate: Any, momentum: Any, nesterov: Any, weight_decay: Any, eta: Any
+) -> None:
+    """Checks the arguments of `adder_sgd` (concrete values only; traced ones pass).
+
+    Raises:
+      InvalidArgumentError: the first argument out of its range, naming it.
+    """
+    if not callable(learning_rate):
+        expected = "a positive finite number or an optax schedule"
+        lr = _concrete_float("learning_rate", learning_rate, expected)
+        if lr is not None and not (math.isfinite(lr) and lr > 0):
+            raise _invalid("learning_rate", learning_rate, expected)
+    expected = "a number in [0, 1)"
+    m = _concrete_float("momentum", momentum, expected)
+    if m is not None and not 0 <= m < 1:
+        raise _invalid("momentum", momentum, expected)
+    if not isinstance(nesterov, (bool, np.bool_)):
+        raise _invalid("nesterov", nesterov, "a bool")
+    if nesterov and m == 0:
+        # As in torch.optim.SGD: without momentum, Nesterov would silently do nothing.
+        raise InvalidArgumentError(
+            "nesterov",
+            nesterov,
+            "False when momentum is 0",
+            "nesterov=True requires momentum > 0, got momentum=0",
+        )
+    expected = "a non-negative finite number"
+    wd = _concrete_float("weight_decay", weight_decay, expected)
+    if wd is not None and not (math.isfinite(wd) and wd >= 0):
+        raise _invalid("weight_decay", weight_decay, expected)
+    _check_positive("eta", eta)
+
+
 def adder_sgd(
     learning_rate: optax.ScalarOrSchedule,
     momentum: float = 0.9,
@@ -261,25 +311,9 @@ def adder_sgd(
         Sutskever et al., `On the importance of initialization and momentum in deep
         learning <https://proceedings.mlr.press/v28/sutskever13.html>`_, ICML 2013.
     """
-    if not callable(learning_rate):
-        expected = "a positive finite number or an optax schedule"
-        lr = _concrete_float("learning_rate", learning_rate, expected)
-        if lr is not None and not (math.isfinite(lr) and lr > 0):
-            raise _invalid("learning_rate", learning_rate, expected)
-    expected = "a number in [0, 1)"
-    m = _concrete_float("momentum", momentum, expected)
-    if m is not None and not 0 <= m < 1:
-        raise _invalid("momentum", momentum, expected)
-    if not isinstance(nesterov, (bool, np.bool_)):
-        raise _invalid("nesterov", nesterov, "a bool")
-    if nesterov and m == 0:
-        # As in torch.optim.SGD: without momentum, Nesterov would silently do nothing.
-        raise ValueError("nesterov=True requires momentum > 0, got momentum=0")
-    expected = "a non-negative finite number"
-    wd = _concrete_float("weight_decay", weight_decay, expected)
-    if wd is not None and not (math.isfinite(wd) and wd >= 0):
-        raise _invalid("weight_decay", weight_decay, expected)
-    _check_positive("eta", eta)
+    check_sgd_arguments(learning_rate, momentum, nesterov, weight_decay, eta)
+    m = float(momentum) if not isinstance(momentum, jax.core.Tracer) else None
+    wd = float(weight_decay) if not isinstance(weight_decay, jax.core.Tracer) else None
 
     transforms = [scale_by_adaptive_lr(eta)]
     # add_decayed_weights needs params even with a zero rate; leaving it out lets

@@ -92,6 +92,7 @@ give it only 16 terms a step to spread that over.
 from __future__ import annotations
 
 import functools
+from typing import Literal, get_args
 
 import jax
 import jax.numpy as jnp
@@ -104,7 +105,10 @@ from kernels.block_sizes import BlockSizes, launch
 
 __all__ = ["filter_grad", "forward", "input_grad"]
 
-INPUT_GRADS = ("hardtanh", "lp")
+# The input-gradient rules: HardTanh-clipped (CVPR eq. 7) or the l_p one (journal eq. 27).
+# Defined here, the lowest layer; `adderjax.geometry` re-exports them for the library.
+InputGrad = Literal["hardtanh", "lp"]
+INPUT_GRADS: tuple[str, ...] = get_args(InputGrad)
 
 
 def _acc_dtype(*dtypes):

@@ -52,12 +52,14 @@ def _train(args):
     import jax
     import numpy as np
 
-    from train import checkpointing, train
+    from train import checkpointing, data_sources, model_state, sharding, train
 
-    result = train.train_and_evaluate(_config(args), args.workdir)
+    config = _config(args)
+    result = train.train_and_evaluate(config, args.workdir)
     mngr = checkpointing.manager(checkpointing.checkpoint_dir(args.workdir), read_only=True)
-    run = train._Run(_config(args), args.workdir)
-    state, _ = checkpointing.restore(mngr, mngr.latest_step(), run.abstract_state)
+    mesh = sharding.make_mesh(config.fsdp_size)
+    built = model_state.build(config, data_sources.DATASETS[config.dataset], mesh=mesh)
+    state, _ = checkpointing.restore(mngr, mngr.latest_step(), built.abstract)
     if jax.process_index() == 0:
         leaves = jax.tree_util.tree_flatten_with_path(
             {"params": state.params, "batch_stats": state.batch_stats}
@@ -79,7 +81,7 @@ def _lower(args):
     import numpy as np
 
     from adderjax import ops
-    from train import train
+    from train import classification, data_sources, model_state, schedules, sharding
 
     config = _config(args)
     out = {}
@@ -88,15 +90,20 @@ def _lower(args):
         config.interpret = False
         # The op refuses "pallas" without a GPU before anything could be lowered for one.
         with mock.patch.object(ops, "available_implementations", lambda: ("pallas", "xla")):
-            run = train._Run(config, args.workdir)
-            shape = run.shape
+            info = data_sources.DATASETS[config.dataset]
+            mesh = sharding.make_mesh(config.fsdp_size)
+            built = model_state.build(config, info, mesh=mesh)
+            train_step = classification.jit_train_step(
+                config, info, built.shardings, mesh, lr_fn=schedules.learning_rate(config, 1)
+            )
+            rows = sharding.batch_sharding(mesh)
             batch = {
-                "image": jax.ShapeDtypeStruct((16, *shape), np.uint8, sharding=run.batch_sharding),
-                "label": jax.ShapeDtypeStruct((16,), np.int32, sharding=run.batch_sharding),
+                "image": jax.ShapeDtypeStruct((16, *built.shape), np.uint8, sharding=rows),
+                "label": jax.ShapeDtypeStruct((16,), np.int32, sharding=rows),
             }
-            p = jax.ShapeDtypeStruct((), np.float32, sharding=run.replicated)
-            with jax.set_mesh(run.mesh):
-                traced = run.train_step.trace(run.abstract_state, batch, p)
+            p = jax.ShapeDtypeStruct((), np.float32, sharding=sharding.replicated(mesh))
+            with jax.set_mesh(mesh):
+                traced = train_step.trace(built.abstract, batch, p)
                 text = traced.lower(lowering_platforms=(platform,)).as_text()
         out[platform] = {
             "num_partitions": text.count("mhlo.num_partitions = 8"),

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from adderjax import models
-from train import analyze, config_checks, saved_models, train
+from train import analyze, config_checks, data_sources, model_state, saved_models, train
 from train.configs import mnist
 
 
@@ -50,11 +50,12 @@ def _check_gradient_norms_are_the_first_step_of_training(root, data):
     """The CNN's first SGD step is w1 = w0 - lr * (g + wd * w0): the gradient the analysis
     reports must be the g the trainer applied."""
     config = _config(data, adder=False)
-    run = analyze._run(config, None, None)
-    norms = analyze.first_iteration_gradient_norms(run)
-    w0 = analyze._layer_weights(jax.device_get(run.init_state(jax.random.key(0)).params))
+    config.worker_count = 0
+    norms = analyze.first_iteration_gradient_norms(config)
+    built = model_state.build(config, data_sources.DATASETS[config.dataset])
+    w0 = analyze.layer_weights(jax.device_get(built.init(jax.random.key(0)).params))
     _, variables, _ = saved_models.load_model(str(root / "cnn"))
-    w1 = analyze._layer_weights(jax.device_get(variables["params"]))
+    w1 = analyze.layer_weights(jax.device_get(variables["params"]))
     assert sorted(norms) == ["conv1", "conv2", "fc1", "fc2", "fc3", "features"]
     lr, wd = config.learning_rate, config.weight_decay
     for layer, norm in norms.items():

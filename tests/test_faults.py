@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import CACHE_DIR
 
-from train import checkpointing, config_checks, train
+from train import checkpointing, config_checks, loop, train
 from train.configs import mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -239,7 +239,7 @@ def test_resuming_with_another_model_is_refused(data, tmp_path):
 
 def test_non_finite_loss_stops_naming_step_and_layer(data, tmp_path):
     config = _config(data, learning_rate=1e38, adaptive_lr=False, checkpoint_every_steps=1)
-    with pytest.raises(train.NonFiniteError) as info:
+    with pytest.raises(loop.NonFiniteError) as info:
         train.train_and_evaluate(config, tmp_path)
     message = str(info.value)
     assert message.startswith("non-finite ") and " at step " in message

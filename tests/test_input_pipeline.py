@@ -99,6 +99,40 @@ def test_imagenet_augmentations_give_the_crop_size():
     assert [b["image"].shape for b in evals] == [(4, 16, 16, 3)] * 2
 
 
+# torchvision's Resize(256) + CenterCrop(224), which the reference evaluates ImageNet with
+# (torchvision is not installed here, so its rule is written out): for an image of height h
+# and width w, the shorter side becomes 256 and the longer int(256 * long / short),
+# truncated (torchvision.transforms.functional._compute_resized_output_size); the crop
+# starts at int(round((resized - 224) / 2.0)) on each axis (functional.center_crop).
+TORCHVISION_EVAL_CROPS = {
+    # (h, w): (resized h, resized w, crop top, crop left), worked out by hand.
+    (353, 500): (256, 362, 16, 69),  # 362.6 truncated (rounding gave 363)
+    (500, 465): (275, 256, 26, 16),  # (275 - 224) / 2 = 25.5 rounds to 26 (floor gave 25)
+    (500, 375): (341, 256, 58, 16),  # 341.33
+    (375, 500): (256, 341, 16, 58),  # (341 - 224) / 2 = 58.5 rounds to 58 (half to even)
+    (333, 500): (256, 384, 16, 80),  # 384.38
+    (256, 256): (256, 256, 16, 16),
+    (224, 300): (256, 342, 16, 59),  # 342.86; 59.0
+    (640, 427): (383, 256, 80, 16),  # 383.70; 79.5 rounds to 80
+}
+
+
+def test_imagenet_eval_crop_is_torchvisions():
+    for (h, w), want in TORCHVISION_EVAL_CROPS.items():
+        assert input_pipeline.resize_crop_geometry(h, w, 224) == want, (h, w)
+    # The transform crops the resized image there: a 353x500 image whose columns count up.
+    image = np.broadcast_to(np.arange(500, dtype=np.float64) / 2, (353, 500))
+    image = np.repeat(image[:, :, None], 3, axis=2).astype(np.uint8)
+    source = [{"image": image, "label": 0}]
+    (batch,) = input_pipeline.eval_batches(source, batch_size=1, augment="imagenet")
+    assert batch["image"].shape == (1, 224, 224, 3)
+    # Column c of the crop is column (c + 69) of the 362-wide resize: source column
+    # (c + 69 + 0.5) * 500 / 362 - 0.5, value half of it.
+    c = np.arange(10, 214)
+    want = ((c + 69 + 0.5) * 500 / 362 - 0.5) / 2
+    np.testing.assert_allclose(batch["image"][0, 100, 10:214, 0], want, atol=1.01)
+
+
 @pytest.mark.parametrize("process_count", [1, 3, 30])
 def test_eval_batches_cover_every_record_once(process_count):
     n, batch = 23, 4

@@ -5,6 +5,7 @@
 
 import doctest
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from flax import traverse_util
 
 from adderjax import models
 from adderjax import nn as adder_nn
+from adderjax.batch_norm import BatchNorm
 
 IMAGENET = (2, 224, 224, 3)
 CIFAR = (2, 32, 32, 3)
@@ -368,7 +370,29 @@ def test_train_step_and_eval(name):
     # (undoing the momentum) and each example alone reproduces its train logits: eval does not
     # look at the rest of the batch. (Fresh running stats would send an untrained AdderNet's
     # large negative outputs through ReLU to all-zero logits.)
-    batch = jax.tree.map(lambda new, old: (new - 0.9 * old) / 0.1, new_stats, old_stats)
+    # The running variance moves by the unbiased batch variance (PyTorch's rule), n / (n - 1)
+    # times the biased one that normalised: n is the values per feature of each layer.
+    _, seen = jax.eval_shape(
+        lambda v: model.apply(
+            v,
+            x,
+            train=True,
+            capture_intermediates=lambda m, _: isinstance(m, BatchNorm),
+            mutable=["batch_stats", "intermediates"],
+        ),
+        variables,
+    )
+    outputs = traverse_util.flatten_dict(seen["intermediates"], sep="/")
+    n = {k.removesuffix("/__call__"): math.prod(v[0].shape[:-1]) for k, v in outputs.items()}
+    old_flat = traverse_util.flatten_dict(old_stats, sep="/")
+    new_flat = traverse_util.flatten_dict(new_stats, sep="/")
+
+    def undo(key):
+        layer, name = key.rsplit("/", 1)
+        stat = (new_flat[key] - 0.9 * old_flat[key]) / 0.1
+        return stat * (n[layer] - 1) / n[layer] if name == "var" else stat
+
+    batch = traverse_util.unflatten_dict({k: undo(k) for k in new_flat}, sep="/")
     variables = {"params": variables["params"], "batch_stats": batch}
     apply = jax.jit(lambda v, x: model.apply(v, x, train=False))
     alone = np.concatenate([apply(variables, x[i : i + 1]) for i in range(len(x))])

@@ -436,7 +436,34 @@ def test_good_arguments_accepted():
 
 
 def test_public_api():
-    assert sorted(optim.__all__) == ["adder_mask", "adder_sgd", "scale_by_adaptive_lr"]
+    assert sorted(optim.__all__) == [
+        "InvalidArgumentError",
+        "adder_mask",
+        "adder_sgd",
+        "check_sgd_arguments",
+        "scale_by_adaptive_lr",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        (dict(learning_rate=-1.0), "learning_rate"),
+        (dict(momentum=1.0), "momentum"),
+        (dict(momentum=0.0, nesterov=True), "nesterov"),
+        (dict(weight_decay=-1e-4), "weight_decay"),
+        (dict(eta=0.0), "eta"),
+    ],
+)
+def test_argument_errors_name_the_argument(kwargs, name):
+    """`check_sgd_arguments` is what adder_sgd and the trainer's config checks both run."""
+    args = dict(learning_rate=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, eta=0.2)
+    args.update(kwargs)
+    with pytest.raises(optim.InvalidArgumentError) as info:
+        optim.check_sgd_arguments(**args)
+    assert info.value.name == name and info.value.value == kwargs[name]
+    with pytest.raises(ValueError, match=name):
+        optim.adder_sgd(**args)
 
 
 def test_doctests():

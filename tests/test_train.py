@@ -1,6 +1,8 @@
 """The trainer in-process: exact resume, the l_p schedule, checkpoints, configs, eval."""
 
 import json
+import pathlib
+import shutil
 
 import datafiles
 import jax
@@ -8,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import checkpointing, config_checks, train
+from train import checkpointing, classification, config_checks, sharding, train
 from train import eval as train_eval
 from train.configs import mnist
 
@@ -72,13 +74,13 @@ def test_resume_at_the_end_does_nothing_new(idx_dir, tmp_path):
 
 def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, monkeypatch):
     traces = []
-    original = train.train_step
+    original = classification.train_step
 
     def counting_step(*args, **kwargs):
         traces.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(train, "train_step", counting_step)
+    monkeypatch.setattr(classification, "train_step", counting_step)
     # 32 images, batch 16: 2 steps per epoch; p = 2 -> 1 over 2 epochs, then 1.
     data = datafiles.write_idx_dir(tmp_path / "data", num_train=32, num_test=8)
     config = _lenet_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
@@ -114,6 +116,27 @@ def test_eval_program_matches_training_eval(idx_dir, tmp_path):
         train_eval.evaluate_checkpoint(checkpoint=str(tmp_path / "checkpoints" / "7"))
 
 
+def test_eval_program_reads_only_the_test_split(idx_dir, tmp_path):
+    """A workdir evaluated where only the test files are: the model, the p it trained with
+    (from the steps per epoch stored in the checkpoint) and the result are the training's."""
+    config = _lenet_config(idx_dir, num_train_steps=4, p_init=2.0, p_final=1.0, p_decay_epochs=2)
+    result = train.train_and_evaluate(config, tmp_path / "w")
+    test_only = tmp_path / "test_only"
+    test_only.mkdir()
+    for path in pathlib.Path(idx_dir).glob("t10k-*"):
+        shutil.copy(path, test_only / path.name)
+    again = train_eval.evaluate_checkpoint(str(tmp_path / "w"), data_dir=str(test_only))
+    assert again["top1"] == result["top1"] and again["loss"] == pytest.approx(result["loss"])
+    # The p of its last step (epoch 0 of 2: p_init), not p_final.
+    meta = checkpointing.read_meta(
+        checkpointing.manager(tmp_path / "w" / "checkpoints", read_only=True), 4
+    )
+    assert meta["steps_per_epoch"] == 4
+    assert train_eval.checkpoint_p(config, 4, meta) == 2.0
+    with pytest.raises(Exception, match="train"):  # the training split would be needed
+        train.train_and_evaluate(_lenet_config(test_only), tmp_path / "fresh")
+
+
 def test_outputs_written(idx_dir, tmp_path):
     config = _lenet_config(idx_dir, num_train_steps=4, plots=True)
     train.train_and_evaluate(config, tmp_path)
@@ -139,8 +162,8 @@ def test_batch_larger_than_the_dataset(idx_dir, tmp_path):
 
 def test_fsdp_spec_splits_the_largest_divisible_axis():
     P = jax.sharding.PartitionSpec
-    assert train.fsdp_spec((3, 3, 16, 32), 4) == P(None, None, None, "fsdp")
-    assert train.fsdp_spec((64, 10), 4) == P("fsdp", None)
-    assert train.fsdp_spec((10,), 4) == P()  # nothing divides: replicated
-    assert train.fsdp_spec((), 4) == P()
-    assert train.fsdp_spec((3, 3, 16, 32), 1) == P()
+    assert sharding.fsdp_spec((3, 3, 16, 32), 4) == P(None, None, None, "fsdp")
+    assert sharding.fsdp_spec((64, 10), 4) == P("fsdp", None)
+    assert sharding.fsdp_spec((10,), 4) == P()  # nothing divides: replicated
+    assert sharding.fsdp_spec((), 4) == P()
+    assert sharding.fsdp_spec((3, 3, 16, 32), 1) == P()

@@ -27,13 +27,31 @@ import pathlib
 import sys
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from absl import app, flags
+from matplotlib.figure import Figure
+
+from train import (
+    classification,
+    cli,
+    config_checks,
+    data_sources,
+    input_pipeline,
+    model_state,
+    plots,
+    saved_models,
+    schedules,
+    sharding,
+)
 
 __all__ = [
     "feature_separation",
     "first_iteration_gradient_norms",
     "first_layers",
+    "layer_weights",
     "plot_features",
     "plot_filters",
 ]
@@ -42,10 +60,8 @@ __all__ = [
 WEIGHT_NAMES = ("adder", "kernel")
 
 
-def _layer_weights(params) -> dict[str, Any]:
+def layer_weights(params) -> dict[str, Any]:
     """{layer path: weight} for every conv/dense weight (``adder`` or ``kernel``), in order."""
-    import jax
-
     out = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         names = [str(k.key) for k in path]
@@ -54,46 +70,45 @@ def _layer_weights(params) -> dict[str, Any]:
     return out
 
 
-def _run(config, data_dir: str | None, data_format: str | None):
-    """The trainer's `_Run` for a stored config, reading in the main process."""
-    import tempfile
-
-    from train import train
-
-    with config.unlocked():
-        config.data_dir = data_dir or config.data_dir
-        config.data_format = data_format or config.data_format
-        config.worker_count = 0
-    return train._Run(config, pathlib.Path(tempfile.gettempdir()))
+def _with_local_data(config, data_dir: str | None, data_format: str | None):
+    """A stored config pointed at this machine's data, read in the main process."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.data_dir = data_dir or config.data_dir
+    config.data_format = data_format or config.data_format
+    config.worker_count = 0
+    return config
 
 
-def first_iteration_gradient_norms(run) -> dict[str, float]:
+def first_iteration_gradient_norms(config: ml_collections.ConfigDict) -> dict[str, float]:
     """{layer: ||dL/dW||_2} at the run's initialisation on its first training batch.
 
     The same initial state (``config.seed``), batch and p as the first step of the training
-    run, and the gradient the optimizer receives: for adder layers the full-precision rule
-    (or the config's filter_grad), before the adaptive learning rate rescales it.
+    run of `config`, and the gradient the optimizer receives: for adder layers the
+    full-precision rule (or the config's filter_grad), before the adaptive learning rate
+    rescales it.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from train import train
-
-    config = run.config
-    with jax.set_mesh(run.mesh):
-        state = run.init_state(jax.random.key(config.seed))
-        batch = train._global(next(iter(run.loader)), run.batch_sharding)
+    config_checks.validate(config, device_count=jax.device_count())
+    source, info = data_sources.open_source(
+        config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
+    )
+    mesh = sharding.make_mesh(config.fsdp_size)
+    built = model_state.build(config, info, mesh=mesh)
+    first = next(iter(input_pipeline.config_train_loader(config, source)))
+    p = np.float32(schedules.p_at_step(config, 0, 1))
+    with jax.set_mesh(mesh):
+        state = built.init(jax.random.key(config.seed))
+        batch = sharding.global_batch(first, sharding.batch_sharding(mesh))
         _, _, _, grads = jax.jit(
-            lambda s, b, p: train.loss_and_grads(
-                s, b, p, info=run.info, label_smoothing=config.label_smoothing
+            lambda s, b, p: classification.loss_and_grads(
+                s, b, p, info=info, label_smoothing=config.label_smoothing
             )
-        )(state, batch, run.p(0))
-    return {k: float(jnp.linalg.norm(g.ravel())) for k, g in _layer_weights(grads).items()}
+        )(state, batch, p)
+    return {k: float(jnp.linalg.norm(g.ravel())) for k, g in layer_weights(grads).items()}
 
 
 def first_layers(params) -> list[str]:
     """The first conv layer and, if another, the first adder conv layer of a param tree."""
-    convs = [k for k, v in _layer_weights(params).items() if np.ndim(v) == 4]
+    convs = [k for k, v in layer_weights(params).items() if np.ndim(v) == 4]
     adders = [k for k in convs if _is_adder(params, k)]
     return convs[:1] + [k for k in adders[:1] if k not in convs[:1]]
 
@@ -108,10 +123,6 @@ def _is_adder(params, layer: str) -> bool:
 def plot_filters(panels: dict[str, np.ndarray], path, *, max_filters: int = 16) -> None:
     """One panel per (title, HWIO filters): a row per output filter, a column per input
     channel (up to 8), each image scaled to its own range."""
-    from matplotlib.figure import Figure
-
-    from train import plots
-
     fig = Figure(figsize=(3.2 * len(panels), 6.5), layout="constrained")
     subfigs = fig.subfigures(1, len(panels), squeeze=False)[0]
     for sub, (title, w) in zip(subfigs, panels.items(), strict=True):
@@ -127,12 +138,11 @@ def plot_filters(panels: dict[str, np.ndarray], path, *, max_filters: int = 16) 
                 ax.set_xticks([])
                 ax.set_yticks([])
         sub.suptitle(f"{title}\n{kh}x{kw}x{cin}x{cout}, first {rows} filters", fontsize="small")
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
 def bottleneck_features(model, variables, images) -> np.ndarray:
     """The output of the ``features`` layer for normalised NHWC images."""
-    import jax
 
     @jax.jit
     def f(x):
@@ -168,10 +178,6 @@ def feature_separation(features: np.ndarray, labels: np.ndarray) -> dict[str, fl
 
 def plot_features(panels: dict[str, tuple[np.ndarray, np.ndarray]], path) -> None:
     """3-d (or 2-d) scatter of bottleneck features coloured by class, one panel per model."""
-    from matplotlib.figure import Figure
-
-    from train import plots
-
     fig = Figure(figsize=(5.5 * len(panels), 5), layout="constrained")
     for i, (title, (feats, labels)) in enumerate(panels.items()):
         three = feats.shape[1] >= 3
@@ -179,16 +185,18 @@ def plot_features(panels: dict[str, tuple[np.ndarray, np.ndarray]], path) -> Non
         coords = [feats[:, d] for d in range(3 if three else 2)]
         ax.scatter(*coords, c=labels, cmap="tab10", s=3, alpha=0.7, vmin=0, vmax=9)
         ax.set_title(title, fontsize="small")
-    plots._save(fig, path)
+    plots.save_figure(fig, path)
 
 
-def _test_images(run, limit: int):
-    from train import train
-
+def _test_images(config, limit: int):
+    """Up to `limit` normalised test images and their labels."""
+    source, info = data_sources.open_source(
+        config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
+    )
     images, labels = [], []
-    for batch in run.eval_batches:
+    for batch in input_pipeline.config_eval_batches(config, source):
         keep = batch["mask"] > 0
-        images.append(np.asarray(train._normalize(batch["image"][keep], run.info)))
+        images.append(np.asarray(classification.normalize(batch["image"][keep], info)))
         labels.append(batch["label"][keep])
         if sum(map(len, labels)) >= limit:
             break
@@ -197,24 +205,20 @@ def _test_images(run, limit: int):
 
 def _side(workdir: str, best: bool, data_dir, data_format, num_points: int) -> dict:
     """Everything measured for one run."""
-    import jax
-
-    from train import saved_models
-
     model, variables, config = saved_models.load_model(workdir, best=best)
-    run = _run(config, data_dir, data_format)
+    config = _with_local_data(config, data_dir, data_format)
     out = {
         "workdir": str(pathlib.Path(workdir).absolute()),
         "model": config.model,
         "adder": bool(config.adder),
         "params": jax.device_get(variables["params"]),
-        "grad_norms": first_iteration_gradient_norms(run),
+        "grad_norms": first_iteration_gradient_norms(config),
     }
     results = pathlib.Path(workdir) / "results.json"
     if results.exists():
         out["top1"] = json.loads(results.read_text()).get("top1")
     if "features" in variables["params"]:
-        images, labels = _test_images(run, num_points)
+        images, labels = _test_images(config, num_points)
         feats = bottleneck_features(model, variables, images)
         out["features"] = (feats, labels)
         out["separation"] = feature_separation(feats, labels)
@@ -236,8 +240,6 @@ def analyze(
     num_points: int = 2000,
 ) -> pathlib.Path:
     """Writes the report and figures; returns the path of ``analysis.md``."""
-    from train import config_checks, plots
-
     if workdir is None and cnn_workdir is None:
         raise config_checks.ConfigError("give --workdir (AdderNet), --cnn_workdir (CNN) or both")
     sides = {}
@@ -275,7 +277,7 @@ def analyze(
     panels = {}
     for layer in shown:
         for name, side in sides.items():
-            weights = _layer_weights(side["params"])
+            weights = layer_weights(side["params"])
             if layer in weights:
                 panels[f"{name} {layer}"] = np.asarray(weights[layer])
     plot_filters(panels, out_dir / "filters.png")
@@ -339,8 +341,6 @@ def analyze(
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    from train import cli
-
     f = flags.FLAGS
     report = cli.exit_on_user_error(
         lambda: analyze(

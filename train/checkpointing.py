@@ -10,6 +10,9 @@ the best one by evaluation top-1. Each checkpoint holds three items: `state` (pa
 batch statistics, optimizer state, step), `data` (the grain iterator's position, so a
 resumed run reads exactly the batches it would have read) and `meta` (the config as JSON and
 the metrics of that step, so `train.eval` can rebuild the model from a checkpoint alone).
+
+The resume policy is here too: `check_resumable` refuses a workdir whose checkpoints were
+made by a config that would restore into another model (`RESUME_KEYS`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,18 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from train import config_checks
+
 __all__ = [
     "BEST_METRIC",
+    "RESUME_KEYS",
     "CheckpointError",
+    "check_resumable",
     "checkpoint_dir",
     "config_from_meta",
     "manager",
+    "metric_name",
+    "read_meta",
     "restore",
     "restore_latest",
     "save",
@@ -40,6 +49,14 @@ __all__ = [
 
 BEST_METRIC = "eval_top1"
 MANIFEST = "adderjax_manifest.json"
+# What a checkpoint must share with the config that resumes it: another model or dataset
+# would either fail to restore or, worse, restore into something else.
+RESUME_KEYS = ("model", "adder", "dataset", "image_size", "dtype")
+
+
+def metric_name(eval_metric: str) -> str:
+    """The name a checkpoint ranks by for an evaluation metric: "top1" -> `BEST_METRIC`."""
+    return f"eval_{eval_metric}"
 
 
 class CheckpointError(ValueError):
@@ -51,16 +68,21 @@ def checkpoint_dir(workdir: str | pathlib.Path) -> pathlib.Path:
 
 
 def manager(
-    directory: str | pathlib.Path, *, keep: int = 3, read_only: bool = False
+    directory: str | pathlib.Path,
+    *,
+    keep: int = 3,
+    read_only: bool = False,
+    best_metric: str = BEST_METRIC,
 ) -> ocp.CheckpointManager:
-    """The newest `keep` checkpoints plus the best by `BEST_METRIC` survive."""
+    """The newest `keep` checkpoints plus the best by `best_metric` (higher is better)
+    survive."""
     policy = pp.AnyPreservationPolicy(
         [
             pp.LatestN(n=keep),
             # Checkpoints without an evaluation are kept by LatestN alone (BestN would keep
             # every one of them).
             pp.BestN(
-                get_metric_fn=lambda m: m[BEST_METRIC],
+                get_metric_fn=lambda m: m[best_metric],
                 reverse=False,
                 n=1,
                 keep_checkpoints_without_metrics=False,
@@ -70,7 +92,7 @@ def manager(
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy,
         # Only for `best_step()`: what is kept is decided by the policy above.
-        best_fn=lambda m: m[BEST_METRIC],
+        best_fn=lambda m: m[best_metric],
         best_mode="max",
         read_only=read_only,
         create=not read_only,
@@ -93,14 +115,20 @@ def save(
     data_iterator: Any | None,
     config: ml_collections.ConfigDict,
     metrics: dict[str, float] | None = None,
+    steps_per_epoch: int | None = None,
 ) -> None:
-    """Writes checkpoint `step`; `metrics` (with `BEST_METRIC` when known) rank it."""
+    """Writes checkpoint `step`; `metrics` (the manager's best metric, when evaluated) rank
+    it. `steps_per_epoch` is stored with the config, so a schedule's value at `step` can be
+    known without the training data."""
     meta = {"config": json.loads(config.to_json()), "metrics": dict(metrics or {})}
+    if steps_per_epoch is not None:
+        meta["steps_per_epoch"] = int(steps_per_epoch)
     items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
     if data_iterator is not None:
         items["data"] = grain.PyGrainCheckpointSave(data_iterator)
-    ranked = {k: v for k, v in (metrics or {}).items() if k == BEST_METRIC}
-    mngr.save(step, args=ocp.args.Composite(**items), metrics=ranked or None, force=True)
+    mngr.save(
+        step, args=ocp.args.Composite(**items), metrics=dict(metrics or {}) or None, force=True
+    )
     mngr.wait_until_finished()
     if jax.process_index() == 0:
         _write_manifest(_step_dir(mngr, step))
@@ -210,3 +238,31 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(meta["config"])
+
+
+def check_resumable(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict) -> None:
+    """Refuses to resume a workdir whose checkpoints were made by an incompatible config.
+
+    Reads the newest readable checkpoint's stored config (damaged ones are left to
+    `restore_latest`) and compares its `RESUME_KEYS` with `config`'s.
+
+    Raises:
+      config_checks.ConfigError: the keys differ (the config is what the user changes); the
+        message names each.
+    """
+    for step in sorted(mngr.all_steps(), reverse=True):
+        try:
+            saved = read_meta(mngr, step)["config"]
+        except Exception:  # a damaged checkpoint: restore_latest reports it
+            continue
+        diffs = [
+            f"{k}={saved.get(k)!r} there, {config[k]!r} here"
+            for k in RESUME_KEYS
+            if saved.get(k) != config[k]
+        ]
+        if diffs:
+            raise config_checks.ConfigError(
+                f"the checkpoints in {mngr.directory} were made by another config "
+                f"({'; '.join(diffs)}): use another --workdir to start a new run"
+            )
+        return

@@ -9,10 +9,11 @@ import os
 import pathlib
 import sys
 
+import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from train import checkpointing, config_checks, data_sources
+from train import checkpointing, config_checks, data_sources, loop, train
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -53,8 +54,6 @@ def initialize_distributed() -> None:
     f = flags.FLAGS
     if f.coordinator_address is None and not f.distributed:
         return
-    import jax
-
     if f.coordinator_address is not None and (f.num_processes is None or f.process_id is None):
         raise config_checks.ConfigError(
             f"--coordinator_address={f.coordinator_address} needs --num_processes and "
@@ -95,16 +94,14 @@ def train_main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     exit_on_user_error(initialize_distributed)
-    from train import train  # jax is imported only after the flags parsed
-
     try:
         result = exit_on_user_error(
             lambda: train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
         )
-    except train.Interrupted as e:
+    except loop.Interrupted as e:
         print(str(e), file=sys.stderr)
         sys.exit(128 + e.signum)  # the shell's convention for death by a signal
-    except train.NonFiniteError as e:
+    except loop.NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
     print(

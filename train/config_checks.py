@@ -7,17 +7,13 @@ import numbers
 
 import ml_collections
 
-from adderjax import geometry, models
+from adderjax import geometry, models, optim
 from train import data_sources, input_pipeline
 from train.configs import default
 
 __all__ = ["ConfigError", "validate"]
 
-DATA_FORMATS = ("tfds", "idx", "cifar_pickle")
 DTYPES = ("float32", "bfloat16")
-INPUT_GRADS = geometry.INPUT_GRADS
-FILTER_GRADS = geometry.FILTER_GRADS
-IMPLEMENTATIONS = (None, "xla", "pallas")
 
 
 class ConfigError(ValueError):
@@ -64,16 +60,16 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         )
     _one_of(config, "model", sorted(models.MODELS))
     _one_of(config, "dataset", sorted(data_sources.DATASETS))
-    _one_of(config, "data_format", DATA_FORMATS)
-    if config.data_format == "idx" and config.dataset not in ("mnist", "fashion_mnist", "kmnist"):
-        raise _bad("data_format", "idx", f"'tfds' or 'cifar_pickle' for {config.dataset!r}")
-    if config.data_format == "cifar_pickle" and config.dataset not in ("cifar10", "cifar100"):
-        raise _bad("data_format", "cifar_pickle", f"'tfds' or 'idx' for {config.dataset!r}")
+    _one_of(config, "data_format", data_sources.DATA_FORMATS)
+    readable = data_sources.formats_for(config.dataset)
+    if config.data_format not in readable:
+        expected = " or ".join(map(repr, readable))
+        raise _bad("data_format", config.data_format, f"{expected} for {config.dataset!r}")
     _one_of(config, "augment", input_pipeline.AUGMENTATIONS)
     _one_of(config, "dtype", DTYPES)
-    _one_of(config, "input_grad", INPUT_GRADS)
-    _one_of(config, "filter_grad", FILTER_GRADS)
-    _one_of(config, "implementation", IMPLEMENTATIONS)
+    _one_of(config, "input_grad", geometry.INPUT_GRADS)
+    _one_of(config, "filter_grad", geometry.FILTER_GRADS)
+    _one_of(config, "implementation", (None, *geometry.IMPLEMENTATIONS))
     if not isinstance(config.adder, bool):
         raise _bad("adder", config.adder, "True or False")
     if not isinstance(config.interpret, bool):
@@ -82,8 +78,6 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         raise _bad("interpret", True, "False unless implementation='pallas'")
     if config.filter_grad == "sign" and config.implementation == "pallas":
         raise _bad("filter_grad", "sign", "'full_precision' with implementation='pallas'")
-    if not isinstance(config.nesterov, bool):
-        raise _bad("nesterov", config.nesterov, "True or False")
 
     _at_least(config, "num_epochs", 1, integer=True)
     _at_least(config, "warmup_epochs", 0, integer=True)
@@ -115,18 +109,17 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     if config.data_dir is not None and not isinstance(config.data_dir, str):
         raise _bad("data_dir", config.data_dir, "a directory path or None")
 
-    lr = _number(config, "learning_rate")
-    if not lr > 0:
-        raise _bad("learning_rate", lr, "a number > 0")
-    momentum = _number(config, "momentum")
-    if not 0 <= momentum < 1:
-        raise _bad("momentum", momentum, "a number in [0, 1)")
-    if config.nesterov and momentum == 0:
-        raise _bad("nesterov", True, "False when momentum is 0")
-    _at_least(config, "weight_decay", 0)
-    eta = _number(config, "eta")
-    if not eta > 0:
-        raise _bad("eta", eta, "a number > 0")
+    # The optimizer's own checks (`adderjax.optim`), reported as config keys.
+    try:
+        optim.check_sgd_arguments(
+            config.learning_rate,
+            config.momentum,
+            config.nesterov,
+            config.weight_decay,
+            config.eta,
+        )
+    except optim.InvalidArgumentError as e:
+        raise _bad(e.name, e.value, e.expected) from None
     if not isinstance(config.adaptive_lr, bool):
         raise _bad("adaptive_lr", config.adaptive_lr, "True or False")
     smoothing = _number(config, "label_smoothing")

@@ -38,8 +38,12 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from absl import app, flags
+
+from adderjax import models
+from train import checkpointing, cli, data_sources, model_state
 
 __all__ = [
     "ConversionError",
@@ -80,7 +84,7 @@ def read_pth(path: str | pathlib.Path) -> dict[str, np.ndarray]:
     """The state dict in a ``.pth`` file as numpy arrays (``{"state_dict": ...}`` unwrapped)."""
     path = pathlib.Path(path)
     try:
-        import torch
+        import torch  # here, not at the top: PyTorch is an optional extra
     except ImportError:
         raise ConversionError(
             "reading a .pth file needs PyTorch: pip install 'adderjax[torch]' "
@@ -141,16 +145,11 @@ def _from_torch_layout(array: np.ndarray) -> np.ndarray:
 
 
 def _abstract_variables(model, image_shape) -> dict:
-    import jax
-    import jax.numpy as jnp
-
-    x = jax.ShapeDtypeStruct((1, *image_shape), jnp.float32)
+    x = jax.ShapeDtypeStruct((1, *image_shape), np.float32)
     return jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
 
 
 def _flat(variables) -> dict[tuple[str, ...], Any]:
-    import jax
-
     leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
     return {tuple(str(k.key) for k in path): leaf for path, leaf in leaves}
 
@@ -190,8 +189,6 @@ def _num_classes(arch: str, state_dict: Mapping[str, np.ndarray]) -> int | None:
 
 
 def _dataset_for(arch: str, num_classes: int | None, dataset: str | None) -> str:
-    from train import data_sources
-
     if dataset is None:
         choices = _DEFAULT_DATASET[arch]
         if num_classes not in choices:
@@ -229,9 +226,12 @@ def convert_state_dict(
       ConversionError: unknown arch, or keys/shapes that do not match it (the first
         mismatches of each kind are listed).
     """
-    from adderjax import models
-    from train import data_sources, train
+    variables, config, _ = _convert(state_dict, arch, dataset)
+    return variables, config
 
+
+def _convert(state_dict, arch: str, dataset: str | None):
+    """(variables, config, `model_state.ModelState` of the config)."""
     if arch not in models.MODELS:
         raise ConversionError(f"--arch={arch}: expected one of {', '.join(models.MODELS)}")
     state_dict = {
@@ -243,22 +243,18 @@ def convert_state_dict(
     num_classes = _num_classes(arch, state_dict)
     dataset = _dataset_for(arch, num_classes, dataset)
     config = _config(arch, dataset, adder)
-    info = data_sources.DATASETS[dataset]
-    model = train.create_model(config, info.num_classes)
-    image_shape = train.image_shape(config, info)
-    abstract = _abstract_variables(model, image_shape)
-    want = {torch_key(p): _to_torch_layout(a.shape) for p, a in _flat(abstract).items()}
+    built = model_state.build(config, data_sources.DATASETS[dataset])
+    abstract = {"params": built.abstract.params, "batch_stats": built.abstract.batch_stats}
+    flat = _flat(abstract)
+    want = {torch_key(p): _to_torch_layout(a.shape) for p, a in flat.items()}
     problem = _mismatches(state_dict, want)
     if problem:
         kind = "AdderNet" if adder else "CNN"
         raise ConversionError(f"the checkpoint is not a {arch} {kind}: {problem}")
-    import jax
-
-    flat = _flat(abstract)
-    paths, treedef = list(flat), jax.tree_util.tree_structure(abstract)
-    leaves = [_from_torch_layout(state_dict[torch_key(p)]).astype(flat[p].dtype) for p in paths]
+    treedef = jax.tree_util.tree_structure(abstract)
+    leaves = [_from_torch_layout(state_dict[torch_key(p)]).astype(flat[p].dtype) for p in flat]
     # tree_flatten_with_path and tree_structure walk the same order.
-    return jax.tree_util.tree_unflatten(treedef, leaves), config
+    return jax.tree_util.tree_unflatten(treedef, leaves), config, built
 
 
 def convert(
@@ -269,24 +265,18 @@ def convert(
     dataset: str | None = None,
 ) -> dict:
     """Converts the ``.pth`` file ``source`` into a workdir ``out_dir``; returns a summary."""
-    import jax
-
-    from train import checkpointing, data_sources, train
-
     source, out_dir = pathlib.Path(source), pathlib.Path(out_dir).absolute()
     if checkpointing.checkpoint_dir(out_dir).exists():
         raise ConversionError(
             f"{checkpointing.checkpoint_dir(out_dir)} already exists; choose a new directory"
         )
     state_dict = read_pth(source)
-    variables, config = convert_state_dict(state_dict, arch, dataset=dataset)
-    model = train.create_model(config, data_sources.DATASETS[config.dataset].num_classes)
-    tx = train.make_optimizer(config, steps_per_epoch=1)
-    state = train.TrainState.create(
-        apply_fn=model.apply,
+    variables, config, built = _convert(state_dict, arch, dataset)
+    state = model_state.TrainState.create(
+        apply_fn=built.model.apply,
         params=variables["params"],
-        batch_stats=variables.get("batch_stats", {}),
-        tx=tx,
+        batch_stats=variables["batch_stats"],
+        tx=built.tx,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     mngr = checkpointing.manager(checkpointing.checkpoint_dir(out_dir))
@@ -306,8 +296,6 @@ def convert(
 
 
 def main(argv) -> None:
-    from train import cli
-
     if len(argv) != 3:
         raise app.UsageError("usage: python -m train.convert_torch --arch=ARCH SOURCE.pth OUT_DIR")
     if flags.FLAGS.arch is None:

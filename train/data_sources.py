@@ -23,8 +23,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 __all__ = [
+    "CIFAR_DATASETS",
     "DATA_FORMATS",
     "DATASETS",
+    "IDX_DATASETS",
     "SPLITS",
     "ArraySource",
     "DataError",
@@ -32,6 +34,7 @@ __all__ = [
     "TfdsSource",
     "load_cifar",
     "load_idx",
+    "formats_for",
     "open_source",
     "read_idx",
 ]
@@ -80,8 +83,21 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 # Which on-disk formats each dataset can be read from besides tfds.
-_IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
-_CIFAR_DATASETS = ("cifar10", "cifar100")
+# The datasets each non-tfds format holds (tfds reads every one of `DATASETS`).
+IDX_DATASETS = ("mnist", "fashion_mnist", "kmnist")
+CIFAR_DATASETS = ("cifar10", "cifar100")
+
+
+def formats_for(dataset: str) -> tuple[str, ...]:
+    """The `DATA_FORMATS` a dataset can be read in."""
+    return tuple(
+        f
+        for f in DATA_FORMATS
+        if f == "tfds"
+        or (f == "idx" and dataset in IDX_DATASETS)
+        or (f == "cifar_pickle" and dataset in CIFAR_DATASETS)
+    )
+
 
 # The evaluation split's tfds name where it is not "test".
 _TFDS_EVAL_SPLIT = {"imagenet2012": "validation"}
@@ -429,9 +445,9 @@ def _tfds_how_to(name: str, data_dir: str, default: bool) -> str:
     if base == "imagenet2012":
         how += " (and ImageNet's tarballs in tfds' manual_dir)"
     how += f", copy DIR/{base} to this machine and pass --config.data_dir=DIR"
-    if base in _IDX_DATASETS:
+    if base in IDX_DATASETS:
         how += "; or read the original idx files with --config.data_format=idx"
-    elif base in _CIFAR_DATASETS:
+    elif base in CIFAR_DATASETS:
         how += "; or read the original pickles with --config.data_format=cifar_pickle"
     return how
 
@@ -513,11 +529,11 @@ def open_source(
         tfds_split = _TFDS_EVAL_SPLIT.get(dataset, "test") if split == "test" else split
         return TfdsSource(dataset, tfds_split, data_dir), info
     if data_format == "idx":
-        if dataset not in _IDX_DATASETS:
+        if dataset not in IDX_DATASETS:
             raise ValueError(
-                f"data_format='idx' reads {', '.join(_IDX_DATASETS)}, not {dataset!r}; "
+                f"data_format='idx' reads {', '.join(IDX_DATASETS)}, not {dataset!r}; "
                 "use data_format='tfds'"
-                + (" or 'cifar_pickle'" if dataset in _CIFAR_DATASETS else "")
+                + (" or 'cifar_pickle'" if dataset in CIFAR_DATASETS else "")
             )
         if data_dir is None:
             if dataset != "fashion_mnist":
@@ -527,10 +543,10 @@ def open_source(
                 )
             data_dir = _DEBIAN_FASHION_MNIST
         return load_idx(data_dir, split, num_classes=info.num_classes, dataset=dataset), info
-    if dataset not in _CIFAR_DATASETS:
+    if dataset not in CIFAR_DATASETS:
         raise ValueError(
-            f"data_format='cifar_pickle' reads {', '.join(_CIFAR_DATASETS)}, not {dataset!r}; "
-            "use data_format='tfds'" + (" or 'idx'" if dataset in _IDX_DATASETS else "")
+            f"data_format='cifar_pickle' reads {', '.join(CIFAR_DATASETS)}, not {dataset!r}; "
+            "use data_format='tfds'" + (" or 'idx'" if dataset in IDX_DATASETS else "")
         )
     if data_dir is None:
         layout = _CIFAR_LAYOUTS[info.num_classes]

@@ -14,9 +14,23 @@ import json
 import pathlib
 import sys
 
+import jax
+import ml_collections
+import numpy as np
 from absl import app, flags
 
-from train import cli, saved_models
+from train import (
+    checkpointing,
+    classification,
+    cli,
+    config_checks,
+    data_sources,
+    input_pipeline,
+    model_state,
+    saved_models,
+    schedules,
+    sharding,
+)
 
 cli.define_distributed_flags()
 flags.DEFINE_string("workdir", None, "A training workdir (its checkpoints/ are read).")
@@ -37,25 +51,33 @@ def evaluate_checkpoint(
     data_format: str | None = None,
     batch_size: int | None = None,
 ) -> dict:
-    """Restores a checkpoint and evaluates it; returns top1, top5, loss, count, step."""
-    import jax
+    """Restores a checkpoint and evaluates it; returns top1, top5, loss, count, step.
 
-    from train import checkpointing, train
-
+    Only the test split is read (no training data needs to be on this machine).
+    """
     mngr, step = saved_models.open_checkpoint(workdir, checkpoint, best=best)
-    config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
+    meta = checkpointing.read_meta(mngr, step)
+    config = checkpointing.config_from_meta(meta)
     with config.unlocked():
         config.data_dir = data_dir or config.data_dir
         config.data_format = data_format or config.data_format
         config.eval_batch_size = batch_size or config.eval_batch_size
         config.steps_per_eval = -1
         config.worker_count = min(config.worker_count, 2)
-    run = train._Run(config, pathlib.Path(mngr.directory).parent)
-    state, _ = checkpointing.restore(mngr, step, run.abstract_state)
+    config_checks.validate(config, device_count=jax.device_count())
+    source, info = data_sources.open_source(
+        config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
+    )
+    mesh = sharding.make_mesh(config.fsdp_size)
+    built = model_state.build(config, info, mesh=mesh)
+    state, _ = checkpointing.restore(mngr, step, built.abstract)
     mngr.close()
-    p = run.p(max(step - 1, 0))
-    with jax.set_mesh(run.mesh):
-        result = train.evaluate(run.eval_step, state, run.eval_batches, p, run.batch_sharding)
+    p = np.float32(checkpoint_p(config, step, meta))
+    eval_step = classification.jit_eval_step(info, built.shardings, mesh)
+    with jax.set_mesh(mesh):
+        result = classification.evaluate(
+            eval_step, state, input_pipeline.config_eval_batches(config, source), p, mesh
+        )
     return {
         **result,
         "step": step,
@@ -63,6 +85,24 @@ def evaluate_checkpoint(
         "adder": config.adder,
         "dataset": config.dataset,
     }
+
+
+def checkpoint_p(config: ml_collections.ConfigDict, step: int, meta: dict) -> float:
+    """The l_p exponent checkpoint `step` was trained with at its last step.
+
+    The schedule counts epochs, so it needs the run's steps per epoch: stored in the
+    checkpoint since this version; for older checkpoints of a schedule that changes p, it
+    is counted from the training split.
+    """
+    if config.p_decay_epochs <= 0 or config.p_init == config.p_final:
+        return float(config.p_final)
+    steps_per_epoch = meta.get("steps_per_epoch")
+    if steps_per_epoch is None:
+        source, _ = data_sources.open_source(
+            config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
+        )
+        steps_per_epoch = max(len(source) // config.batch_size, 1)
+    return schedules.p_at_step(config, max(step - 1, 0), steps_per_epoch)
 
 
 def main(argv) -> None:

@@ -16,6 +16,8 @@ import sys
 from collections.abc import Iterator
 
 import grain.python as grain
+import jax
+import ml_collections
 import numpy as np
 from PIL import Image
 
@@ -23,7 +25,10 @@ __all__ = [
     "AUGMENTATIONS",
     "EvalBatches",
     "eval_batches",
+    "config_eval_batches",
+    "config_train_loader",
     "local_batch_size",
+    "resize_crop_geometry",
     "train_loader",
 ]
 
@@ -106,26 +111,33 @@ class _RandomResizedCrop(grain.RandomMapTransform):
         return {"image": np.ascontiguousarray(image), "label": record["label"]}
 
 
+def resize_crop_geometry(height: int, width: int, size: int) -> tuple[int, int, int, int]:
+    """(resized height, resized width, crop top, crop left) of ImageNet evaluation.
+
+    torchvision's ``Resize(round(size / 0.875))`` then ``CenterCrop(size)``, the reference's
+    evaluation (256 and 224): the shorter side becomes 256 and the longer side
+    ``int(256 * long / short)``, truncated; the crop starts at ``round((resized - size) / 2)``
+    with Python's round (half to even), as torchvision's ``center_crop`` computes it.
+    """
+    short = int(round(size / 0.875))
+    if height <= width:
+        nh, nw = short, int(short * width / height)
+    else:
+        nh, nw = int(short * height / width), short
+    return nh, nw, int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
+
+
 @dataclasses.dataclass(frozen=True)
 class _ResizeCenterCrop(grain.MapTransform):
-    """ImageNet evaluation: resize the shorter side to size / 0.875 (256 for 224), crop."""
+    """ImageNet evaluation: resize the shorter side to size / 0.875 (256 for 224), crop
+    the centre (`resize_crop_geometry`)."""
 
     size: int = 224
 
     def map(self, record):
         image = record["image"]
-        h, w = image.shape[:2]
-        short = int(round(self.size / 0.875))
-        nh, nw = (
-            (short, max(short, round(w * short / h)))
-            if h <= w
-            else (
-                max(short, round(h * short / w)),
-                short,
-            )
-        )
+        nh, nw, top, left = resize_crop_geometry(*image.shape[:2], self.size)
         image = _resize(image, nh, nw)
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
         image = image[top : top + self.size, left : left + self.size]
         return {"image": np.ascontiguousarray(image), "label": record["label"]}
 
@@ -355,4 +367,31 @@ def eval_batches(
         process_count,
         worker_count,
         max_batches,
+    )
+
+
+def _config_options(config: ml_collections.ConfigDict) -> dict:
+    return dict(
+        augment=config.augment,
+        image_size=config.image_size,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        worker_count=config.worker_count,
+    )
+
+
+def config_train_loader(config: ml_collections.ConfigDict, source) -> grain.DataLoader:
+    """`train_loader` of this host's share of ``config.batch_size``, as the config says."""
+    batch_size = local_batch_size(config.batch_size, jax.process_count())
+    return train_loader(source, batch_size=batch_size, seed=config.seed, **_config_options(config))
+
+
+def config_eval_batches(config: ml_collections.ConfigDict, source) -> EvalBatches:
+    """`eval_batches` of this host's share of ``config.eval_batch_size`` (at most
+    ``config.steps_per_eval`` batches when > 0)."""
+    return eval_batches(
+        source,
+        batch_size=local_batch_size(config.eval_batch_size, jax.process_count()),
+        max_batches=config.steps_per_eval,
+        **_config_options(config),
     )

@@ -29,7 +29,8 @@ _P = ("p",)
 DEFAULT_EXCLUDE = ("conv1", "fc")
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> None:
+def save_figure(fig: Figure, path: str | os.PathLike) -> None:
+    """Writes `fig` as a PNG with the Agg renderer (no display needed), making its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)  # attaches itself to fig: savefig then renders with Agg
@@ -110,7 +111,7 @@ def plot_curves(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
             ax.grid(True, alpha=0.3)
             if len(lines) > 1:
                 ax.legend(fontsize="small")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def _walk(tree: Any, path: tuple[str, ...] = ()):
@@ -267,5 +268,5 @@ def plot_weight_histograms(
     for ax, (key, title, values) in zip(axes, panels, strict=True):
         fits[key] = fit_weight_distributions(values)
         _histogram_panel(ax, values, fits[key], title, bins)
-    _save(fig, path)
+    save_figure(fig, path)
     return fits

@@ -2,7 +2,8 @@
 
 `MetricWriter` records scalars both as JSON lines (`metrics.jsonl`, read back by
 `read_metrics` and plotted by `train.plots`) and as TensorBoard events; `ProgressBar`
-shows training progress as a tqdm bar on a terminal and as plain periodic lines in logs.
+shows training progress as a tqdm bar on a terminal and as plain periodic lines in logs;
+`warn` and `info` are the programs' one-line messages.
 """
 
 from __future__ import annotations
@@ -16,14 +17,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any
 
+import jax
 import numpy as np
 import tqdm
+from absl import logging
 from tensorboardX.event_file_writer import EventsWriter
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
+
+
+def warn(message: str) -> None:
+    """A one-line warning: logged, and printed on stderr by process 0 (whatever the
+    verbosity, since a warning asks the user to look)."""
+    logging.warning("%s", message)
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def info(message: str) -> None:
+    """A message for the logs only (shown with ``--verbosity=0`` or more)."""
+    logging.info("%s", message)
+
 
 # Keys every JSON line carries; a scalar with one of these names would overwrite them.
 _RESERVED_KEYS = ("step", "split", "time")

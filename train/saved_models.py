@@ -9,17 +9,16 @@ Works for any workdir of the training programs and of `python -m train.convert_t
 
 from __future__ import annotations
 
-import functools
 import pathlib
 from typing import Any
+
+from train import checkpointing, config_checks, data_sources, model_state
 
 __all__ = ["load_model", "open_checkpoint"]
 
 
 def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
     """(checkpoint directory, step or None for newest/best)."""
-    from train import checkpointing, config_checks
-
     if (workdir is None) == (checkpoint is None):
         raise config_checks.ConfigError("give exactly one of --workdir and --checkpoint")
     if workdir is not None:
@@ -46,27 +45,16 @@ def load_model(
         model, variables, config = load_model("/tmp/r20")
         logits = model.apply(variables, images, train=False)
     """
-    import jax
-
-    from train import checkpointing, data_sources, train
-
     mngr, step = open_checkpoint(workdir, checkpoint, best=best)
     config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
-    info = data_sources.DATASETS[config.dataset]
-    model = train.create_model(config, info.num_classes)
-    tx = train.make_optimizer(config, steps_per_epoch=1)
-    init = functools.partial(
-        train.create_train_state, model=model, shape=train.image_shape(config, info), tx=tx
-    )
-    state, _ = checkpointing.restore(mngr, step, jax.eval_shape(init, jax.random.key(0)))
+    built = model_state.build(config, data_sources.DATASETS[config.dataset])
+    state, _ = checkpointing.restore(mngr, step, built.abstract)
     mngr.close()
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+    return built.model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
 def _open(directory: pathlib.Path, step: int | None, best: bool):
     """(read-only manager, step): the given step, else the best or the newest."""
-    from train import checkpointing, config_checks
-
     if not directory.is_dir():
         raise config_checks.ConfigError(f"no checkpoints in {directory}")
     mngr = checkpointing.manager(directory, read_only=True)

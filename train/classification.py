@@ -1,0 +1,170 @@
+"""The image-classification task: its loss, its train and eval steps, and its evaluation.
+
+Steps are pure functions of (state, global batch, p), jitted over the mesh by
+`jit_train_step` and `jit_eval_step`; `train.train` hands them to the loop (`train.loop`),
+`train.eval` uses the eval step alone.
+The l_p exponent p enters as an argument, so every p of a schedule shares one compilation.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh
+
+from train import data_sources, sharding
+from train.model_state import TrainState
+
+__all__ = [
+    "describe",
+    "eval_step",
+    "evaluate",
+    "jit_eval_step",
+    "jit_train_step",
+    "loss_and_grads",
+    "normalize",
+    "topk_correct",
+    "train_step",
+]
+
+
+def normalize(images, info: data_sources.DatasetInfo) -> jax.Array:
+    """uint8 (N, H, W, C) images as the model sees them: ``(x / 255 - mean) / std``."""
+    # Per-channel statistics broadcast over (N, H, W, C) explicitly (rank promotion is an
+    # error in the tests).
+    mean = np.asarray(info.mean, np.float32).reshape(1, 1, 1, -1) * 255
+    std = np.asarray(info.std, np.float32).reshape(1, 1, 1, -1) * 255
+    return (jnp.asarray(images).astype(jnp.float32) - mean) / std
+
+
+def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
+    """1.0 where the label is among the k largest logits of its row, else 0.0."""
+    k = min(k, logits.shape[-1])
+    top = jax.lax.top_k(logits, k)[1]
+    return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
+
+
+def loss_and_grads(state: TrainState, batch, p, *, info, label_smoothing: float = 0.0):
+    """The training loss of a batch in train mode and its gradients with respect to the params.
+
+    Returns (loss, logits, batch_stats updates, grads).
+    """
+    images = normalize(batch["image"], info)
+    labels = batch["label"]
+
+    def loss_fn(params):
+        logits, updates = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            p=p,
+            mutable=["batch_stats"],
+        )
+        targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+        loss = optax.softmax_cross_entropy(logits, targets).mean()
+        return loss, (logits, updates)
+
+    (loss, (logits, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    return loss, logits, updates, grads
+
+
+def train_step(
+    state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn, skip_nonfinite=False
+):
+    """One SGD step on a global batch; returns the new state and the batch's metrics.
+
+    The metrics say whether the loss and every gradient leaf were finite ("finite",
+    "grad_finite", which `train.loop` checks); with `skip_nonfinite` a step that was not
+    leaves the state as it was (but for the step count).
+    """
+    labels = batch["label"]
+    loss, logits, updates, grads = loss_and_grads(
+        state, batch, p, info=info, label_smoothing=label_smoothing
+    )
+    new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    finite = jnp.isfinite(loss) & jnp.all(grad_finite)
+    if skip_nonfinite:
+        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+        new_state = new_state.replace(step=state.step + 1)
+    metrics = {
+        "loss": loss,
+        "top1": topk_correct(logits, labels, 1).mean(),
+        "learning_rate": lr_fn(state.step),
+        "p": jnp.asarray(p, jnp.float32),
+        "finite": finite,
+        "grad_finite": grad_finite,
+    }
+    return new_state, metrics
+
+
+def eval_step(state: TrainState, batch, p, *, info):
+    """Sums over the valid rows of one batch: loss, top-1 and top-5 hits, count."""
+    images = normalize(batch["image"], info)
+    labels, mask = batch["label"], batch["mask"]
+    logits = state.apply_fn(
+        {"params": state.params, "batch_stats": state.batch_stats}, images, train=False, p=p
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return {
+        "loss": (loss * mask).sum(),
+        "top1": (topk_correct(logits, labels, 1) * mask).sum(),
+        "top5": (topk_correct(logits, labels, 5) * mask).sum(),
+        "count": mask.sum(),
+    }
+
+
+def jit_train_step(config, info, state_shardings, mesh: Mesh, *, lr_fn: Callable) -> Callable:
+    """`train_step` jitted over `mesh`: (state, global batch, p) -> (state, metrics), the
+    batch split, the state laid out as `state_shardings` (and donated), metrics replicated.
+    `lr_fn` (step -> learning rate) is only reported in the metrics."""
+    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    return jax.jit(
+        functools.partial(
+            train_step,
+            info=info,
+            label_smoothing=config.label_smoothing,
+            lr_fn=lr_fn,
+            skip_nonfinite=config.skip_nonfinite,
+        ),
+        in_shardings=(state_shardings, batch, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(info, state_shardings, mesh: Mesh) -> Callable:
+    """`eval_step` jitted over `mesh`: (state, global batch, p) -> replicated sums."""
+    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
+    return jax.jit(
+        functools.partial(eval_step, info=info),
+        in_shardings=(state_shardings, batch, replicated),
+        out_shardings=replicated,
+    )
+
+
+def evaluate(jitted_eval, state, batches: Iterable[dict], p, mesh: Mesh) -> dict[str, float]:
+    """Top-1, top-5 and mean loss over every evaluation record (padding rows masked)."""
+    batch_sharding = sharding.batch_sharding(mesh)
+    totals = None
+    for batch in batches:
+        sums = jitted_eval(state, sharding.global_batch(batch, batch_sharding), p)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    totals = jax.device_get(totals)
+    count = max(float(totals["count"]), 1.0)
+    return {
+        "top1": float(totals["top1"]) / count,
+        "top5": float(totals["top5"]) / count,
+        "loss": float(totals["loss"]) / count,
+        "count": int(totals["count"]),
+    }
+
+
+def describe(result: dict[str, float]) -> str:
+    """An evaluation in one line."""
+    return f"top-1 {result['top1']:.4f} top-5 {result['top5']:.4f} loss {result['loss']:.4f}"

@@ -1,0 +1,137 @@
+"""From a config to a model and its train state: the one step every program shares.
+
+Training, `train.eval`, `train.analyze`, `train.saved_models` and `train.convert_torch` all
+build the model, the optimizer and the (abstract, sharded) train state of a config here, so
+a checkpoint written by one restores in every other.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import linen as nn
+from flax.training import train_state
+from jax.sharding import Mesh
+
+from adderjax import models, optim
+from train import data_sources, schedules, sharding
+
+__all__ = [
+    "ModelState",
+    "TrainState",
+    "build",
+    "create_model",
+    "create_train_state",
+    "image_shape",
+    "make_optimizer",
+]
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
+    return models.get_model(
+        config.model,
+        num_classes=num_classes,
+        adder=config.adder,
+        dtype=jnp.dtype(config.dtype),
+        input_grad=config.input_grad,
+        filter_grad=config.filter_grad,
+        implementation=config.implementation,
+        interpret=config.interpret,
+    )
+
+
+def make_optimizer(
+    config: ml_collections.ConfigDict, steps_per_epoch: int
+) -> optax.GradientTransformation:
+    """The reference optimizer (`adderjax.optim.adder_sgd`), or plain SGD with the same
+    momentum and weight decay when `adaptive_lr` is off (the paper's ablation)."""
+    lr = schedules.learning_rate(config, steps_per_epoch)
+    if config.adaptive_lr:
+        return optim.adder_sgd(
+            lr,
+            momentum=config.momentum,
+            nesterov=config.nesterov,
+            weight_decay=config.weight_decay,
+            eta=config.eta,
+        )
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov),
+    )
+
+
+def image_shape(config: ml_collections.ConfigDict, info: data_sources.DatasetInfo):
+    """(H, W, C) of the model's input: the dataset's, or image_size for ImageNet."""
+    return info.image_shape or (config.image_size, config.image_size, 3)
+
+
+def create_train_state(
+    rng: jax.Array,
+    model: nn.Module,
+    shape: tuple[int, int, int],
+    tx: optax.GradientTransformation,
+) -> TrainState:
+    variables = model.init(rng, jnp.zeros((1, *shape), jnp.float32), train=False)
+    return TrainState.create(
+        apply_fn=model.apply,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
+        tx=tx,
+    )
+
+
+class ModelState(NamedTuple):
+    """What `build` returns.
+
+    Attributes:
+      model: the Flax model of the config.
+      tx: its optimizer.
+      shape: the (H, W, C) of its input.
+      init: rng -> a fresh `TrainState` (jitted onto `shardings` when a mesh was given).
+      abstract: the state's structure, shapes and dtypes (and shardings), for restoring.
+      shardings: the state's shardings, or None without a mesh.
+    """
+
+    model: nn.Module
+    tx: optax.GradientTransformation
+    shape: tuple[int, int, int]
+    init: Callable[[jax.Array], TrainState]
+    abstract: Any
+    shardings: Any
+
+
+def build(
+    config: ml_collections.ConfigDict,
+    info: data_sources.DatasetInfo,
+    *,
+    steps_per_epoch: int = 1,
+    mesh: Mesh | None = None,
+) -> ModelState:
+    """The model, optimizer and train state of `config`, nothing computed yet.
+
+    `steps_per_epoch` only shapes the learning-rate schedule (not the state's structure), so
+    the default 1 is right for everything but training. With a `mesh` the state is
+    replicated, or split over its "fsdp" axis (`train.sharding.state_shardings`).
+    """
+    model = create_model(config, info.num_classes)
+    tx = make_optimizer(config, steps_per_epoch)
+    shape = image_shape(config, info)
+    init = functools.partial(create_train_state, model=model, shape=shape, tx=tx)
+    abstract = jax.eval_shape(init, jax.random.key(0))
+    if mesh is None:
+        return ModelState(model, tx, shape, init, abstract, None)
+    shardings = sharding.state_shardings(abstract, mesh)
+    abstract = jax.tree.map(
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
+    )
+    return ModelState(model, tx, shape, jax.jit(init, out_shardings=shardings), abstract, shardings)
