@@ -4,8 +4,8 @@
                                  [--device-counts 1,2,4,8]
 
 Weak scaling: each device gets `--per-device-batch` images, the global batch grows with the
-device count, the step is the trainer's own (`train.train.train_step`, jitted over a "data"
-mesh of the first n devices). Reports the median step time and images/s, and the speedup
+device count, the step is the trainer's own (`train.classification.train_step`, jitted over
+the mesh of the first n devices). Reports the median step time and images/s, and the speedup
 and efficiency against 1 device measured in the same run.
 
 On a machine without accelerators the devices are simulated CPU devices
@@ -16,7 +16,6 @@ the cost of partitioning the step, not how it scales on real devices.
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -66,18 +65,14 @@ def main() -> None:
 
     import jax
     import numpy as np
-    from jax.sharding import AxisType, Mesh, NamedSharding
-    from jax.sharding import PartitionSpec as P
 
-    from train import data_sources, schedules, train
+    from train import classification, data_sources, model_state, schedules, sharding
     from train.configs import cifar10
 
     config = cifar10.get_config()
     config.model = args.model
     config.implementation = args.implementation
     info = data_sources.DATASETS["cifar10"]
-    model = train.create_model(config, info.num_classes)
-    tx = train.make_optimizer(config, steps_per_epoch=196)
     lr_fn = schedules.learning_rate(config, 196)
     devices = jax.devices()
     print(
@@ -94,21 +89,14 @@ def main() -> None:
         if n > len(devices):
             print(f"| {n} | - | - | - | - | (only {len(devices)} devices) |")
             continue
-        mesh = Mesh(np.asarray(devices[:n]), ("data",), axis_types=(AxisType.Auto,))
-        batch_sharding = NamedSharding(mesh, P("data"))
-        replicated = NamedSharding(mesh, P())
+        mesh = sharding.make_mesh(devices=devices[:n])
+        batch_sharding = sharding.batch_sharding(mesh)
+        replicated = sharding.replicated(mesh)
         global_batch = n * args.per_device_batch
         with jax.set_mesh(mesh):
-            init = functools.partial(
-                train.create_train_state, model=model, shape=(32, 32, 3), tx=tx
-            )
-            state = jax.jit(init, out_shardings=replicated)(jax.random.key(0))
-            step = jax.jit(
-                functools.partial(train.train_step, info=info, label_smoothing=0.0, lr_fn=lr_fn),
-                in_shardings=(replicated, batch_sharding, replicated),
-                out_shardings=(replicated, replicated),
-                donate_argnums=0,
-            )
+            built = model_state.build(config, info, steps_per_epoch=196, mesh=mesh)
+            state = built.init(jax.random.key(0))
+            step = classification.jit_train_step(config, info, built.shardings, mesh, lr_fn=lr_fn)
             batch = {
                 "image": jax.device_put(
                     rng.integers(0, 256, (global_batch, 32, 32, 3), dtype=np.uint8),

@@ -8,6 +8,7 @@ one line on stderr and exit status 2, never a traceback.
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -67,9 +68,13 @@ def test_mnist_on_idx_files_trains_resumes_and_evaluates(tmp_path):
     data = datafiles.write_idx_dir(tmp_path / "data", num_train=40, num_test=10)
     workdir = tmp_path / "w"
     args = ["train.mnist", f"--workdir={workdir}", f"--config.data_dir={data}", *SMALL]
-    assert "step 2)" in _final_line(_ok(_run(args)))
-    resumed = _ok(_run([*args, "--config.num_train_steps=4"]))
+    first = _ok(_run(args))
+    assert "step 2)" in _final_line(first)
+    # Quiet by default: progress and results, no library INFO logs (absl's "I1202 ..." lines).
+    assert not [ln for ln in first.stderr.splitlines() if re.match(r"I\d{4} ", ln)]
+    resumed = _ok(_run([*args, "--config.num_train_steps=4", "--verbosity=0"]))
     assert "step 4)" in _final_line(resumed)
+    assert re.search(r"^I\d{4} .*resumed from", resumed.stderr, re.M)  # asked for: shown
     train_steps = [
         m["step"] for m in map(json.loads, open(workdir / "metrics.jsonl")) if m["split"] == "train"
     ]

@@ -339,6 +339,7 @@ def analyze(
 
 
 def main(argv) -> None:
+    cli.quiet_logs()
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     f = flags.FLAGS

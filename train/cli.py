@@ -10,7 +10,7 @@ import pathlib
 import sys
 
 import jax
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from train import checkpointing, config_checks, data_sources, loop, train
@@ -19,6 +19,15 @@ CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 # Errors a user can fix from the command line: printed as one line, never a traceback.
 USER_ERRORS = (config_checks.ConfigError, data_sources.DataError, checkpointing.CheckpointError)
+
+
+def quiet_logs() -> None:
+    """Library logs (orbax's and JAX's INFO lines) off unless asked for, called first in
+    every program's main: the programs print their own progress, results and one-line
+    warnings. ``--verbosity=0`` (absl's flag) shows INFO logs, ``--verbosity=1`` debug ones;
+    without it only warnings are logged (absl.app would otherwise raise it to INFO)."""
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
 
 
 def define_distributed_flags() -> None:
@@ -93,6 +102,7 @@ def train_main(argv) -> None:
     """The `main` of the training programs (absl.app calls it after parsing flags)."""
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    quiet_logs()
     exit_on_user_error(initialize_distributed)
     try:
         result = exit_on_user_error(

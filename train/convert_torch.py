@@ -296,6 +296,7 @@ def convert(
 
 
 def main(argv) -> None:
+    cli.quiet_logs()
     if len(argv) != 3:
         raise app.UsageError("usage: python -m train.convert_torch --arch=ARCH SOURCE.pth OUT_DIR")
     if flags.FLAGS.arch is None:

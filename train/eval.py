@@ -108,6 +108,7 @@ def checkpoint_p(config: ml_collections.ConfigDict, step: int, meta: dict) -> fl
 def main(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    cli.quiet_logs()
     f = flags.FLAGS
     cli.exit_on_user_error(cli.initialize_distributed)
     result = cli.exit_on_user_error(

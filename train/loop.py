@@ -217,7 +217,6 @@ def run(
                 (epoch_end and epoch % config.checkpoint_every_epochs == 0)
                 or last
                 or (every > 0 and done % every == 0)
-                or stop.signum is not None
             )
             if step == start_step:  # keep the compilation out of the throughput
                 jax.block_until_ready(state)
@@ -227,6 +226,8 @@ def run(
                 writer.write(done, "train", summary)
                 bar.update(done, **summary)
             ranked = None
+            signum = stop.signum  # read once: a signal that comes later stops the next step
+            saving = saving or signum is not None
             if evaluating or saving:
                 window.check(last_saved)  # never evaluate or keep a non-finite state
             if evaluating:
@@ -248,11 +249,11 @@ def run(
                     steps_per_epoch=steps_per_epoch,
                 )
                 last_saved = done
-            if evaluating or saving or stop.signum is not None:
+            if evaluating or saving:
                 writer.flush()
                 throughput.restart(done)  # evaluation and saving stay out of the throughput
-            if stop.signum is not None:
-                raise Interrupted(stop.signum, done, mngr.directory)
+            if signum is not None:
+                raise Interrupted(signum, done, mngr.directory)
     if final is None:  # resumed at the end: evaluate the restored state
         final = {**task.evaluate(state, total_steps), "step": total_steps}
     return final, state
