@@ -5,7 +5,8 @@ checkpoints converted from the reference: by default it computes the batch varia
 E[x^2] - E[x]^2, which loses float32 precision on adder outputs (a large mean, a small
 spread), and it updates the running variance with the biased batch variance where PyTorch
 uses the unbiased one, n / (n - 1) times larger. `BatchNorm` here is flax's module with
-both changed: two-pass variance, unbiased running variance. Its variables (``scale``,
+both changed: a variance that keeps float32 precision (computed around a shift, one pass),
+unbiased running variance. Its variables (``scale``,
 ``bias``; ``mean``, ``var`` in ``batch_stats``) and arguments are flax's, so it is a drop-in.
 """
 
@@ -22,7 +23,8 @@ class BatchNorm(nn.BatchNorm):
     """`flax.linen.BatchNorm` with PyTorch's statistics (see the module docstring).
 
     In training (``use_running_average=False``) the output is normalised with the batch
-    mean and the biased batch variance ``mean((x - mean)^2)``, and the running statistics
+    mean and the biased batch variance ``mean((x - mean)^2)`` (computed in one pass around
+    a shift, as precise as two passes), and the running statistics
     become ``momentum * running + (1 - momentum) * batch`` with the batch variance scaled by
     ``n / (n - 1)``, n the number of values per feature (PyTorch's momentum 0.1 is flax's
     0.9). Only the last axis is the feature axis; ``axis_name`` and ``mask`` are not
@@ -49,8 +51,15 @@ class BatchNorm(nn.BatchNorm):
             stats_dtype = jnp.promote_types(self.dtype or jnp.result_type(x), jnp.float32)
             xs = jnp.asarray(x, stats_dtype)
             axes = tuple(range(x.ndim - 1))
-            mean = jnp.mean(xs, axes)
-            var = jnp.mean(jnp.square(xs - jnp.reshape(mean, shape)), axes)
+            # One pass over shifted values: var = E[(x - k)^2] - E[x - k]^2 with k a value
+            # of each feature (its first element), so |E[x - k]| is of the order of the
+            # spread, not of the mean, and nothing cancels; the result is the two-pass
+            # variance to float32 rounding, at the cost of one fused reduction.
+            shift = lax.stop_gradient(xs[(0,) * (x.ndim - 1)])
+            centred = xs - jnp.reshape(shift, shape)
+            shifted_mean = jnp.mean(centred, axes)
+            var = jnp.maximum(jnp.mean(jnp.square(centred), axes) - jnp.square(shifted_mean), 0)
+            mean = shifted_mean + shift
             if not self.is_initializing():
                 n = x.size // features
                 m = self.momentum

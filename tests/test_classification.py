@@ -1,0 +1,50 @@
+"""`train.classification`: normalisation, top-k, and the eval step's masked sums."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from train import classification, data_sources, model_state
+from train.configs import mnist
+
+
+def test_normalize_is_x_over_255_minus_mean_over_std():
+    info = data_sources.DATASETS["cifar10"]
+    images = np.full((1, 2, 2, 3), 255, np.uint8)
+    got = np.asarray(classification.normalize(images, info))
+    want = (1.0 - np.asarray(info.mean)) / np.asarray(info.std)
+    np.testing.assert_allclose(got[0, 0, 0], want, rtol=1e-6)
+
+
+def test_topk_correct():
+    logits = jnp.asarray([[0.1, 0.5, 0.4], [0.9, 0.04, 0.06]])
+    labels = jnp.asarray([2, 1])
+    np.testing.assert_array_equal(classification.topk_correct(logits, labels, 1), [0.0, 0.0])
+    np.testing.assert_array_equal(classification.topk_correct(logits, labels, 2), [1.0, 0.0])
+    np.testing.assert_array_equal(classification.topk_correct(logits, labels, 5), [1.0, 1.0])
+
+
+def test_eval_step_sums_only_the_valid_rows():
+    config = mnist.get_config()
+    info = data_sources.DATASETS[config.dataset]
+    built = model_state.build(config, info)
+    state = built.init(jax.random.key(0))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (4, 28, 28, 1), dtype=np.uint8),
+        "label": np.asarray([1, 2, 3, 4], np.int32),
+        "mask": np.asarray([1, 1, 1, 0], np.float32),
+    }
+    sums = jax.device_get(classification.eval_step(state, batch, 1.0, info=info))
+    full = jax.device_get(
+        classification.eval_step(state, {**batch, "mask": np.ones(4, np.float32)}, 1.0, info=info)
+    )
+    last = {k: v[3:] for k, v in batch.items()}
+    last_only = jax.device_get(
+        classification.eval_step(state, {**last, "mask": np.ones(1, np.float32)}, 1.0, info=info)
+    )
+    assert sums["count"] == 3
+    np.testing.assert_allclose(sums["loss"], full["loss"] - last_only["loss"], rtol=1e-5)
+    assert classification.describe({"top1": 0.5, "top5": 1.0, "loss": 2.0}) == (
+        "top-1 0.5000 top-5 1.0000 loss 2.0000"
+    )

@@ -1,0 +1,29 @@
+"""The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md."""
+
+import pathlib
+import re
+
+DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
+
+
+def test_docs_python_blocks_run():
+    namespace = {}
+    for name in ("op.md", "scaling.md"):
+        path = DOCS / name
+        blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
+        assert blocks, name
+        for block in blocks:
+            exec(compile(block, str(path), "exec"), namespace)
+    assert namespace["y"].shape == (8, 32, 32, 32)
+    assert namespace["logits"].shape == (8, 10)
+    assert namespace["lenet_logits"].shape == (8, 10)
+    assert namespace["ops_count"].multiplications == 0
+    assert namespace["y_mesh"].shape == (8, 32, 32, 32)
+
+
+def test_every_doc_link_resolves():
+    """Relative links of the README and docs/ point at files that exist."""
+    root = DOCS.parent
+    for page in [root / "README.md", *DOCS.glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name}: {target}"
