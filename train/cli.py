@@ -13,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import checkpointing, config_checks, data_sources, loop, train
+from train import checkpointing, config_checks, data_sources
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -104,6 +104,10 @@ def train_main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_logs()
     exit_on_user_error(initialize_distributed)
+    # Imported here, not at the top: grain's worker processes re-import the program's main
+    # module (train.mnist, ...), and the trainer is seconds of imports they do not need.
+    from train import loop, train
+
     try:
         result = exit_on_user_error(
             lambda: train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
