@@ -21,9 +21,8 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event, SessionLog
-from tensorboardX.proto.summary_pb2 import Summary
+
+from train.event_file import EventFile
 
 METRICS_FILENAME = "metrics.jsonl"
 TENSORBOARD_DIRNAME = "tensorboard"
@@ -101,26 +100,19 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
     return records
 
 
-def _open_event_file(logdir: Path, resume_step: int | None) -> EventsWriter:
-    """Opens a new TensorBoard event file in `logdir`, written synchronously.
-
-    tensorboardX's `SummaryWriter` hands events to a background thread whose queue its
-    `flush()` does not drain, so data "flushed" before a preemption could still be lost;
-    metrics come every few hundred steps, so writing them in the calling thread with its
-    `EventsWriter` costs nothing and makes `flush()` mean "on disk".
-    """
+def _open_event_file(logdir: Path, resume_step: int | None) -> EventFile:
+    """Opens a new TensorBoard event file in `logdir`, written synchronously (so `flush()`
+    means "on disk" before a preemption)."""
     logdir.mkdir(parents=True, exist_ok=True)
-    # tensorboardX names files by the second and opens them with "wb", so two writers
-    # opened within one second (a quick restart) would overwrite each other; the suffix
-    # keeps them apart, and being a fixed-width time it keeps their lexicographic order,
-    # which is the order TensorBoard reads them in (and applies purges in).
-    writer = EventsWriter(str(logdir / "events"), f".{time.time_ns():019d}.{os.getpid()}")
+    # Event files are named by the second, so two writers opened within one second (a
+    # quick restart) would overwrite each other; the suffix keeps them apart, and being a
+    # fixed-width time it keeps their lexicographic order, which is the order TensorBoard
+    # reads them in (and applies purges in).
+    writer = EventFile(logdir, f".{time.time_ns():019d}.{os.getpid()}")
     if resume_step is not None:
-        # A START session log at step s makes TensorBoard discard the events at steps >= s
-        # read from earlier files: the interrupted run's steps after the checkpoint
-        # (the same event tensorboardX's SummaryWriter(purge_step=s) writes).
-        start = SessionLog(status=SessionLog.START)
-        writer.write_event(Event(wall_time=time.time(), step=resume_step + 1, session_log=start))
+        # TensorBoard then discards the events at steps > resume_step read from earlier
+        # files: the interrupted run's steps after the checkpoint.
+        writer.purge_from(resume_step + 1)
     return writer
 
 
@@ -209,13 +201,11 @@ class MetricWriter:
         self._file.write(json.dumps(record, allow_nan=False) + "\n")
         # One event per call; TensorBoard takes NaN, so non-finite values are kept visible
         # as gaps rather than dropped.
-        summary = Summary(
-            value=[
-                Summary.Value(tag=f"{split}/{k}", simple_value=v if math.isfinite(v) else math.nan)
-                for k, v in values.items()
-            ]
+        self._tb.scalars(
+            step,
+            {f"{split}/{k}": v if math.isfinite(v) else math.nan for k, v in values.items()},
+            wall_time=record["time"],
         )
-        self._tb.write_event(Event(wall_time=record["time"], step=step, summary=summary))
 
     def flush(self) -> None:
         """Forces both the JSONL file and the TensorBoard events to disk."""
