@@ -38,6 +38,7 @@ from adderjax.nn import AdderConv, AdderDense
 
 __all__ = [
     "MODELS",
+    "STAGE_OUTPUTS",
     "VGG",
     "BasicBlock",
     "Bottleneck",
@@ -357,6 +358,24 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet50": ResNet50,
     # LeNet-5-BN with 3-d features before the classifier, for the paper's Figure 1.
     "lenetpp": partial(LeNet5BN, bottleneck=3),
+}
+
+
+def _resnet_stage_outputs(stage_sizes: Sequence[int], last_conv: str) -> tuple[str, ...]:
+    return tuple(f"layer{i + 1}_{n - 1}/{last_conv}" for i, n in enumerate(stage_sizes))
+
+
+# The last inner (adder, in an AdderNet) layer of each stage, by model name: where feature
+# distillation (`adderjax.distill`, PKKD) compares student and teacher by default. LeNet-5-BN
+# has no stages; its three adder layers are its stages.
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "lenet5_bn": ("conv2", "fc1", "fc2"),
+    "lenetpp": ("conv2", "fc1", "fc2"),
+    "resnet20": _resnet_stage_outputs((3, 3, 3), "conv2"),
+    "resnet32": _resnet_stage_outputs((5, 5, 5), "conv2"),
+    "vgg_small": ("conv2", "conv4", "conv6"),
+    "resnet18": _resnet_stage_outputs((2, 2, 2, 2), "conv2"),
+    "resnet50": _resnet_stage_outputs((3, 4, 6, 3), "conv3"),
 }
 
 

@@ -30,6 +30,7 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from train import config_checks
+from train.configs import default
 
 __all__ = [
     "BEST_METRIC",
@@ -51,7 +52,18 @@ BEST_METRIC = "eval_top1"
 MANIFEST = "adderjax_manifest.json"
 # What a checkpoint must share with the config that resumes it: another model or dataset
 # would either fail to restore or, worse, restore into something else.
-RESUME_KEYS = ("model", "adder", "dataset", "image_size", "dtype")
+RESUME_KEYS = (
+    "model",
+    "adder",
+    "dataset",
+    "image_size",
+    "dtype",
+    "distill",
+    "distill_features",
+    "distill_layers",
+)
+# What a key missing from a checkpoint older than it meant.
+_RESUME_DEFAULTS = {"distill": "none", "distill_features": "kernel", "distill_layers": ""}
 
 
 def metric_name(eval_metric: str) -> str:
@@ -237,7 +249,11 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
 
 
 def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(meta["config"])
+    """The config stored with a checkpoint; keys added since it was written get their
+    defaults (`train.configs.default`), so older checkpoints still evaluate."""
+    config = default.get_config()
+    config.update(meta["config"])
+    return config
 
 
 def check_resumable(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict) -> None:
@@ -256,9 +272,9 @@ def check_resumable(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDi
         except Exception:  # a damaged checkpoint: restore_latest reports it
             continue
         diffs = [
-            f"{k}={saved.get(k)!r} there, {config[k]!r} here"
+            f"{k}={saved.get(k, _RESUME_DEFAULTS.get(k))!r} there, {config[k]!r} here"
             for k in RESUME_KEYS
-            if saved.get(k) != config[k]
+            if saved.get(k, _RESUME_DEFAULTS.get(k)) != config[k]
         ]
         if diffs:
             raise config_checks.ConfigError(

@@ -149,7 +149,8 @@ def jit_eval_step(info, state_shardings, mesh: Mesh) -> Callable:
 
 
 def evaluate(jitted_eval, state, batches: Iterable[dict], p, mesh: Mesh) -> dict[str, float]:
-    """Top-1, top-5 and mean loss over every evaluation record (padding rows masked)."""
+    """Every sum of the eval step (top-1, top-5, loss, ...) over every evaluation record,
+    divided by the count of records (padding rows masked)."""
     batch_sharding = sharding.batch_sharding(mesh)
     totals = None
     for batch in batches:
@@ -157,12 +158,8 @@ def evaluate(jitted_eval, state, batches: Iterable[dict], p, mesh: Mesh) -> dict
         totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
     totals = jax.device_get(totals)
     count = max(float(totals["count"]), 1.0)
-    return {
-        "top1": float(totals["top1"]) / count,
-        "top5": float(totals["top5"]) / count,
-        "loss": float(totals["loss"]) / count,
-        "count": int(totals["count"]),
-    }
+    means = {k: float(v) / count for k, v in totals.items() if k != "count"}
+    return {**means, "count": int(totals["count"])}
 
 
 def describe(result: dict[str, float]) -> str:

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import math
 import numbers
+import pathlib
 
 import ml_collections
 
-from adderjax import geometry, models, optim
+from adderjax import distill, geometry, models, optim
 from train import data_sources, input_pipeline
 from train.configs import default
 
-__all__ = ["ConfigError", "validate"]
+__all__ = ["DISTILL_MODES", "ConfigError", "validate"]
 
 DTYPES = ("float32", "bfloat16")
+# "none": classification alone; "pkkd": a CNN teacher trained alongside the AdderNet;
+# "kd": a finished CNN teacher (`train.distillation`).
+DISTILL_MODES = ("none", "pkkd", "kd")
 
 
 class ConfigError(ValueError):
@@ -126,8 +130,45 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
     if not 0 <= smoothing < 1:
         raise _bad("label_smoothing", smoothing, "a number in [0, 1)")
 
+    _check_distillation(config)
+
     for key in ("p_init", "p_final"):
         p = _number(config, key)
         if not 1 <= p <= 2:
             raise _bad(key, p, "a number in [1, 2]")
     _at_least(config, "p_decay_epochs", 0, integer=True)
+
+
+def _check_distillation(config: ml_collections.ConfigDict) -> None:
+    _one_of(config, "distill", DISTILL_MODES)
+    _one_of(config, "distill_features", distill.FEATURES)
+    if not isinstance(config.distill_layers, str):
+        raise _bad("distill_layers", config.distill_layers, "comma-separated layer paths")
+    for key in ("kd_weight", "feature_weight"):
+        _at_least(config, key, 0)
+    for key in ("kd_temperature", "sigma_a", "sigma_c"):
+        if not _number(config, key) > 0:
+            raise _bad(key, config[key], "a number > 0")
+    workdir = config.teacher_workdir
+    if config.distill != "kd":
+        if workdir is not None:
+            raise _bad(
+                "teacher_workdir", workdir, f"None unless distill='kd' (distill={config.distill!r})"
+            )
+        if config.distill == "none":
+            return
+    if not config.adder:
+        raise _bad(
+            "adder", False, f"True with distill={config.distill!r} (the student is the AdderNet)"
+        )
+    if config.distill == "kd":
+        if not isinstance(workdir, str):
+            raise _bad(
+                "teacher_workdir", workdir, "the workdir of a finished CNN run with distill='kd'"
+            )
+        if not (pathlib.Path(workdir) / "checkpoints").is_dir():
+            raise _bad(
+                "teacher_workdir",
+                workdir,
+                "the workdir of a finished CNN run (it has no checkpoints/)",
+            )

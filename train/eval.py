@@ -3,6 +3,7 @@
     python -m train.eval --workdir=/tmp/lenet                  # its newest checkpoint
     python -m train.eval --workdir=/tmp/lenet --best           # its best by eval top-1
     python -m train.eval --checkpoint=/tmp/lenet/checkpoints/4680
+    python -m train.eval --workdir=/tmp/pkkd --network=teacher  # a distillation run's CNN
 
 The model, dataset and preprocessing come from the config stored in the checkpoint;
 --data_dir / --data_format point it at the data on this machine.
@@ -26,7 +27,6 @@ from train import (
     config_checks,
     data_sources,
     input_pipeline,
-    model_state,
     saved_models,
     schedules,
     sharding,
@@ -40,6 +40,9 @@ flags.DEFINE_string("data_dir", None, "Overrides the data_dir stored in the chec
 flags.DEFINE_string("data_format", None, "Overrides the data_format stored in the checkpoint.")
 flags.DEFINE_integer("batch_size", None, "Overrides the evaluation batch size.")
 flags.DEFINE_string("output", None, "Also write the result as JSON to this file.")
+flags.DEFINE_enum(
+    "network", "student", ["student", "teacher"], "Of a distillation run: which network."
+)
 
 
 def evaluate_checkpoint(
@@ -50,10 +53,12 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     data_format: str | None = None,
     batch_size: int | None = None,
+    network: str = "student",
 ) -> dict:
     """Restores a checkpoint and evaluates it; returns top1, top5, loss, count, step.
 
-    Only the test split is read (no training data needs to be on this machine).
+    Only the test split is read (no training data needs to be on this machine). Of a
+    distillation run, ``network`` is the "student" (the AdderNet) or the "teacher" (the CNN).
     """
     mngr, step = saved_models.open_checkpoint(workdir, checkpoint, best=best)
     meta = checkpointing.read_meta(mngr, step)
@@ -69,11 +74,12 @@ def evaluate_checkpoint(
         config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
     )
     mesh = sharding.make_mesh(config.fsdp_size)
-    built = model_state.build(config, info, mesh=mesh)
-    state, _ = checkpointing.restore(mngr, step, built.abstract)
+    _, state, shardings, net_config = saved_models.restore_network(
+        mngr, step, config, info, network=network, mesh=mesh
+    )
     mngr.close()
-    p = np.float32(checkpoint_p(config, step, meta))
-    eval_step = classification.jit_eval_step(info, built.shardings, mesh)
+    p = np.float32(checkpoint_p(net_config, step, meta))
+    eval_step = classification.jit_eval_step(info, shardings, mesh)
     with jax.set_mesh(mesh):
         result = classification.evaluate(
             eval_step, state, input_pipeline.config_eval_batches(config, source), p, mesh
@@ -81,8 +87,9 @@ def evaluate_checkpoint(
     return {
         **result,
         "step": step,
-        "model": config.model,
-        "adder": config.adder,
+        "model": net_config.model,
+        "adder": net_config.adder,
+        "network": network,
         "dataset": config.dataset,
     }
 
@@ -119,6 +126,7 @@ def main(argv) -> None:
             data_dir=f.data_dir,
             data_format=f.data_format,
             batch_size=f.batch_size,
+            network=f.network,
         )
     )
     line = json.dumps(result)

@@ -30,6 +30,8 @@ __all__ = [
     "create_train_state",
     "image_shape",
     "make_optimizer",
+    "param_names",
+    "place",
 ]
 
 
@@ -48,6 +50,12 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Modu
         implementation=config.implementation,
         interpret=config.interpret,
     )
+
+
+def param_names(params) -> list[str]:
+    """Parameter paths ("layer/kernel") in the order of `jax.tree.leaves` of the params."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
 
 
 def make_optimizer(
@@ -127,11 +135,18 @@ def build(
     tx = make_optimizer(config, steps_per_epoch)
     shape = image_shape(config, info)
     init = functools.partial(create_train_state, model=model, shape=shape, tx=tx)
+    return ModelState(model, tx, shape, *place(init, mesh))
+
+
+def place(init: Callable[[jax.Array], Any], mesh: Mesh | None):
+    """(init, abstract state, shardings) of a state made by ``init(rng)``: with a mesh,
+    ``init`` jitted to lay the state out as `train.sharding.state_shardings` and the
+    abstract state carrying those shardings; without one, as they are and None."""
     abstract = jax.eval_shape(init, jax.random.key(0))
     if mesh is None:
-        return ModelState(model, tx, shape, init, abstract, None)
+        return init, abstract, None
     shardings = sharding.state_shardings(abstract, mesh)
     abstract = jax.tree.map(
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
-    return ModelState(model, tx, shape, jax.jit(init, out_shardings=shardings), abstract, shardings)
+    return jax.jit(init, out_shardings=shardings), abstract, shardings

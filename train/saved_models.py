@@ -5,6 +5,9 @@ Works for any workdir of the training programs and of `python -m train.convert_t
     from train import saved_models
     model, variables, config = saved_models.load_model("runs/lenet-adder")
     logits = model.apply(variables, images, train=False)  # images normalised as for training
+
+A distillation run's checkpoints hold two networks: the student by default, the teacher
+with ``network="teacher"``.
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from __future__ import annotations
 import pathlib
 from typing import Any
 
-from train import checkpointing, config_checks, data_sources, model_state
+from train import checkpointing, config_checks, data_sources, distillation, model_state
 
-__all__ = ["load_model", "open_checkpoint"]
+__all__ = ["load_model", "open_checkpoint", "restore_network"]
 
 
 def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
@@ -32,13 +35,18 @@ def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, 
 
 
 def load_model(
-    workdir: str | None = None, checkpoint: str | None = None, *, best: bool = False
+    workdir: str | None = None,
+    checkpoint: str | None = None,
+    *,
+    best: bool = False,
+    network: str = "student",
 ) -> tuple[Any, dict, Any]:
     """(model, variables, config) of a saved checkpoint, to call as the model zoo's models are.
 
     ``model.apply(variables, images, train=False)`` gives logits for images normalised as the
     config's dataset is: ``(x / 255 - mean) / std`` with `train.data_sources.DATASETS`' mean
-    and std. No data is read.
+    and std. No data is read. Of a distillation run, ``network`` picks the "student" (the
+    AdderNet) or the "teacher" (the CNN); the config returned is that network's.
 
     Example (a workdir of `python -m train.convert_torch` or of a training run)::
 
@@ -47,10 +55,37 @@ def load_model(
     """
     mngr, step = open_checkpoint(workdir, checkpoint, best=best)
     config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
-    built = model_state.build(config, data_sources.DATASETS[config.dataset])
-    state, _ = checkpointing.restore(mngr, step, built.abstract)
+    model, state, _, config = restore_network(
+        mngr, step, config, data_sources.DATASETS[config.dataset], network=network
+    )
     mngr.close()
-    return built.model, {"params": state.params, "batch_stats": state.batch_stats}, config
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+
+
+def restore_network(mngr, step: int, config, info, *, network: str = "student", mesh=None):
+    """(model, train state, its shardings or None, its config) of one network of checkpoint
+    `step`, whose stored config is `config`: the run's only network, or a distillation run's
+    student or teacher (`train.distillation.NETWORKS`)."""
+    if network not in distillation.NETWORKS:
+        raise config_checks.ConfigError(
+            f"network={network!r} is not one of {', '.join(distillation.NETWORKS)}"
+        )
+    if not distillation.enabled(config):
+        if network != "student":
+            raise config_checks.ConfigError(
+                f"network={network!r}: checkpoint {step} in {mngr.directory} did not distil; "
+                f"it holds one network"
+            )
+        built = model_state.build(config, info, mesh=mesh)
+        state, _ = checkpointing.restore(mngr, step, built.abstract)
+        return built.model, state, built.shardings, config
+    built = distillation.build(config, info, mesh=mesh)
+    state, _ = checkpointing.restore(mngr, step, built.abstract)
+    shardings = None if built.shardings is None else getattr(built.shardings, network)
+    if network == "student":
+        return built.model, state.student, shardings, config
+    teacher = distillation.teacher_config(config)
+    return model_state.create_model(teacher, info.num_classes), state.teacher, shardings, teacher
 
 
 def _open(directory: pathlib.Path, step: int | None, best: bool):

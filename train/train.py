@@ -24,22 +24,20 @@ from train import (
     classification,
     config_checks,
     data_sources,
+    distillation,
     input_pipeline,
     loop,
     model_state,
     plots,
     reporting,
+    saved_models,
     schedules,
     sharding,
 )
 
 __all__ = ["param_names", "train_and_evaluate"]
 
-
-def param_names(params) -> list[str]:
-    """Parameter paths ("layer/kernel") in the order of `jax.tree.leaves` of the params."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+param_names = model_state.param_names  # where it was before model_state held it
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -51,7 +49,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       workdir: where checkpoints, metrics.jsonl, TensorBoard events and plots go.
 
     Returns:
-      The final evaluation: top1, top5, loss and count over the test split, and the step.
+      The final evaluation: top1, top5, loss and count over the test split, and the step;
+      when distilling, these are the student's and "teacher" holds the teacher's.
 
     Raises:
       loop.Interrupted: SIGTERM or SIGINT stopped the run after a checkpoint.
@@ -68,25 +67,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     }
     (train_source, info), (eval_source, _) = opened["train"], opened["test"]
     steps_per_epoch, total_steps = loop.step_counts(config, len(train_source))
-    built = model_state.build(config, info, steps_per_epoch=steps_per_epoch, mesh=mesh)
+    # Distillation is classification with a teacher: the same loop, another state and step.
+    distilling = distillation.enabled(config)
+    if distilling and config.distill == "kd":  # checked before anything is compiled
+        _, teacher_variables, saved = saved_models.load_model(config.teacher_workdir)
+        distillation.check_teacher(saved, config)
+    task = distillation if distilling else classification
+    build = distillation.build if distilling else model_state.build
+    built = build(config, info, steps_per_epoch=steps_per_epoch, mesh=mesh)
     lr_fn = schedules.learning_rate(config, steps_per_epoch)
-    train_step = classification.jit_train_step(config, info, built.shardings, mesh, lr_fn=lr_fn)
-    eval_step = classification.jit_eval_step(info, built.shardings, mesh)
+    train_step = task.jit_train_step(config, info, built.shardings, mesh, lr_fn=lr_fn)
+    eval_step = task.jit_eval_step(info, built.shardings, mesh)
     eval_batches = input_pipeline.config_eval_batches(config, eval_source)
     batch_sharding = sharding.batch_sharding(mesh)
 
     def p(step: int) -> np.float32:
         return np.float32(schedules.p_at_step(config, step, steps_per_epoch))
 
-    task = loop.Task(
+    if distilling:
+        settings = distillation.Settings.from_config(config)
+        names = distillation.param_names(built.abstract, settings)
+    else:
+        names = param_names(built.abstract.params)
+    loop_task = loop.Task(
         step=lambda state, batch, step: train_step(
             state, sharding.global_batch(batch, batch_sharding), p(step)
         ),
-        evaluate=lambda state, done: classification.evaluate(
+        evaluate=lambda state, done: task.evaluate(
             eval_step, state, eval_batches, p(done - 1), mesh
         ),
-        describe=classification.describe,
-        param_names=param_names(built.abstract.params),
+        describe=task.describe,
+        param_names=names,
     )
 
     is_chief = jax.process_index() == 0
@@ -104,6 +115,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         if restored is None:
             state, start_step = built.init(jax.random.key(config.seed)), 0
+            if distilling and config.distill == "kd":
+                state = distillation.with_teacher(state, teacher_variables, built.shardings)
         else:
             state, _, start_step = restored
             reporting.info(f"resumed from {mngr.directory} at step {start_step}")
@@ -116,7 +129,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
         try:
             final, state = loop.run(
-                task,
+                loop_task,
                 state,
                 config=config,
                 start_step=start_step,
@@ -131,6 +144,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             bar.close()
             writer.close()
             mngr.close()
+    if distilling:
+        final = distillation.nested_result(final)
     if is_chief:
         (workdir / "results.json").write_text(json.dumps(final, indent=2) + "\n")
         if config.plots:
@@ -139,6 +154,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 workdir / "curves.png",
             )
             key = "adder_params" if config.adder else "cnn_params"
-            params = jax.device_get(state.params)
+            params = jax.device_get(distillation.network(state).params)
             plots.plot_weight_histograms(**{key: params}, path=workdir / "weights.png")
     return final

@@ -65,6 +65,27 @@ def get_config() -> ml_collections.ConfigDict:
     # Label smoothing of the cross-entropy (0 in the reference recipes).
     config.label_smoothing = 0.0
 
+    # Distillation from a CNN of the same network (`train.distillation`, `adderjax.distill`):
+    # "none"; "pkkd" (PKKD: the CNN teacher trained from scratch alongside the AdderNet);
+    # "kd" (a finished CNN teacher, the run in teacher_workdir, frozen).
+    config.distill = "none"
+    config.teacher_workdir = config_dict.placeholder(str)
+    # What distilled layers compare: "kernel" (PKKD's Laplacian / Gaussian kernel maps),
+    # "plain" (the layers' outputs standardised per channel) or "none" (logits only).
+    config.distill_features = "kernel"
+    # Comma-separated layer paths ("layer3_2/conv2"); "" is the model's stage outputs
+    # (`adderjax.models.STAGE_OUTPUTS`).
+    config.distill_layers = ""
+    # Student loss: cross-entropy + kd_weight * T^2 KL(teacher || student at temperature T)
+    # + feature_weight * the mean squared error of the aligned maps.
+    config.kd_weight = 1.0
+    config.kd_temperature = 4.0
+    config.feature_weight = 1.0
+    # Kernel widths per term of a patch: exp(-|x - f|_1 / (sigma_a n)) for the AdderNet,
+    # exp(-|x - f|_2^2 / (2 sigma_c^2 n)) for the CNN (n: the layer's fan-in).
+    config.sigma_a = 1.0
+    config.sigma_c = 1.0
+
     # Run control.
     config.seed = 0
     # > 0 stops after this many steps (smoke tests); otherwise num_epochs of steps.
