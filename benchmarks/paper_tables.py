@@ -80,7 +80,7 @@ def _command(root: pathlib.Path, name: str, overrides: list[str], args) -> list[
     ]
 
 
-def _check_reusable(root: pathlib.Path, name: str, cmd: list[str]) -> None:
+def check_reusable(root: pathlib.Path, name: str, cmd: list[str]) -> None:
     """A workdir that already holds a run must hold this run: same epochs, data and overrides."""
     workdir, stored = root / name, root / name / "command.txt"
     if not workdir.exists():
@@ -95,7 +95,7 @@ def _check_reusable(root: pathlib.Path, name: str, cmd: list[str]) -> None:
         )
 
 
-def _run(root: pathlib.Path, name: str, cmd: list[str]) -> dict:
+def run_once(root: pathlib.Path, name: str, cmd: list[str]) -> dict:
     workdir = root / name
     results = workdir / "results.json"
     timing = workdir / "wall_seconds.txt"
@@ -119,7 +119,7 @@ def _run(root: pathlib.Path, name: str, cmd: list[str]) -> dict:
     return out
 
 
-def _row(cells) -> str:
+def row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
@@ -152,27 +152,27 @@ def main() -> None:
         wanted = {"cnn", *(_ablation_name(*r) for r in ABLATION)}
     commands = {n: _command(root, n, o, args) for n, o in runs.items() if n in wanted}
     for name, cmd in commands.items():  # before anything runs
-        _check_reusable(root, name, cmd)
-    results = {name: _run(root, name, cmd) for name, cmd in commands.items()}
+        check_reusable(root, name, cmd)
+    results = {name: run_once(root, name, cmd) for name, cmd in commands.items()}
 
     head = ["top-1 %", "top-5 %", "train loss", "wall s"]
     print(f"LeNet-5-BN on {args.dataset}, {args.epochs} epochs, runs in {root}\n")
-    print(_row(["CNN (same recipe)", *head]))
-    print(_row(["---"] * 5))
-    print(_row(["`--config.adder=False`", *_metrics(results["cnn"])]))
+    print(row(["CNN (same recipe)", *head]))
+    print(row(["---"] * 5))
+    print(row(["`--config.adder=False`", *_metrics(results["cnn"])]))
     if args.only in ("all", "eta"):
         print("\nTable 5: the local learning rate eta (AdderNet, full recipe)\n")
-        print(_row(["eta", *head]))
-        print(_row(["---"] * 5))
+        print(row(["eta", *head]))
+        print(row(["---"] * 5))
         for eta in ETAS:
-            print(_row([f"{eta:g}", *_metrics(results[_eta_name(eta)])]))
+            print(row([f"{eta:g}", *_metrics(results[_eta_name(eta)])]))
     if args.only in ("all", "ablation"):
         print("\nTable 4: training rules (AdderNet, eta 0.2)\n")
-        print(_row(["FP", "HT", "ALR", *head]))
-        print(_row(["---"] * 7))
+        print(row(["FP", "HT", "ALR", *head]))
+        print(row(["---"] * 7))
         for fp, ht, alr in ABLATION:
             marks = ["yes" if b else "no" for b in (fp, ht, alr)]
-            print(_row([*marks, *_metrics(results[_ablation_name(fp, ht, alr)])]))
+            print(row([*marks, *_metrics(results[_ablation_name(fp, ht, alr)])]))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Started as a subprocess so that XLA_FLAGS (the simulated device count) and
 jax.distributed take effect before jax starts:
 
-    python tests/mesh_run.py train  --devices 8 --workdir W --data D [--pallas] --out F.npz
+    python tests/mesh_run.py train --devices 8 --workdir W --data D [--pallas|--distill] --out F.npz
     python tests/mesh_run.py lower  --devices 8 --workdir W --data D --out F.json
     python tests/mesh_run.py train  --devices 2 --process-id I --process-count 2 --port P ...
 """
@@ -22,6 +22,7 @@ def _args():
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--pallas", action="store_true")
+    parser.add_argument("--distill", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -42,6 +43,8 @@ def _config(args):
     config.progress_bar = False
     config.plots = False
     config.fsdp_size = args.fsdp
+    if args.distill:
+        config.distill = "pkkd"
     if args.pallas:
         config.implementation = "pallas"
         config.interpret = True
@@ -52,18 +55,21 @@ def _train(args):
     import jax
     import numpy as np
 
-    from train import checkpointing, data_sources, model_state, sharding, train
+    from train import checkpointing, data_sources, distillation, model_state, sharding, train
 
     config = _config(args)
     result = train.train_and_evaluate(config, args.workdir)
     mngr = checkpointing.manager(checkpointing.checkpoint_dir(args.workdir), read_only=True)
     mesh = sharding.make_mesh(config.fsdp_size)
-    built = model_state.build(config, data_sources.DATASETS[config.dataset], mesh=mesh)
+    build = distillation.build if args.distill else model_state.build
+    built = build(config, data_sources.DATASETS[config.dataset], mesh=mesh)
     state, _ = checkpointing.restore(mngr, mngr.latest_step(), built.abstract)
     if jax.process_index() == 0:
-        leaves = jax.tree_util.tree_flatten_with_path(
-            {"params": state.params, "batch_stats": state.batch_stats}
-        )[0]
+        if args.distill:  # both networks and the alignments, optimizer state included
+            tree = state
+        else:
+            tree = {"params": state.params, "batch_stats": state.batch_stats}
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
         arrays = {jax.tree_util.keystr(k): np.asarray(jax.device_get(v)) for k, v in leaves}
         losses = [
             m["loss"]

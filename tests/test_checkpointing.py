@@ -32,3 +32,20 @@ def test_checkpoints_without_metrics_are_kept_as_newest(tmp_path):
     assert mngr.all_steps() == [3]  # unranked checkpoints are not kept forever
     assert checkpointing.read_meta(mngr, 3)["metrics"] == {}
     mngr.close()
+
+
+def test_config_of_an_older_checkpoint_gets_the_new_keys_defaults(tmp_path):
+    """A checkpoint written before distillation existed still restores and resumes: its
+    config lacks the distillation keys, which mean what their defaults mean."""
+    from train.configs import mnist
+
+    old = mnist.get_config().to_dict()
+    for key in ("distill", "distill_features", "distill_layers", "teacher_workdir"):
+        del old[key]
+    config = checkpointing.config_from_meta({"config": old})
+    assert (config.distill, config.model, config.dataset) == ("none", "lenet5_bn", "fashion_mnist")
+    mngr = checkpointing.manager(tmp_path)
+    stored = ml_collections.ConfigDict(old)
+    checkpointing.save(mngr, 1, {"x": np.zeros(2)}, data_iterator=None, config=stored)
+    checkpointing.check_resumable(mngr, mnist.get_config())  # the same run: no error
+    mngr.close()

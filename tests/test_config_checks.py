@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from train import config_checks
-from train.configs import cifar10, cifar100, default, imagenet, mnist
+from train.configs import cifar10, cifar100, default, imagenet, mnist, pkkd_cifar, pkkd_imagenet
 
 
 @pytest.mark.parametrize(
@@ -38,6 +38,12 @@ def test_bad_configs_are_one_line_errors(key, value, message):
 def test_every_config_file_is_valid():
     for module in (default, mnist, cifar10, cifar100, imagenet):
         config_checks.validate(module.get_config(), device_count=8)
+    for arg in ("resnet20,cifar10", "resnet32,cifar100", "vgg_small,cifar10"):
+        config = pkkd_cifar.get_config(arg)
+        config_checks.validate(config, device_count=8)
+        assert (config.model, config.dataset, config.distill) == (*arg.split(","), "pkkd")
+    for arg in ("resnet18", "resnet50"):
+        config_checks.validate(pkkd_imagenet.get_config(arg), device_count=8)
 
 
 ANY_VALUE = st.one_of(

@@ -99,6 +99,24 @@ def test_eight_devices_match_one(one_device, data, tmp_path, path, extra):
     _assert_same_run(dict(np.load(tmp_path / "r.npz")), one_device[path])
 
 
+@pytest.mark.slow
+def test_distillation_on_eight_devices_matches_one(data, tmp_path):
+    """PKKD's student, teacher and alignments (and their optimizer states) on a mesh of 8."""
+    out = {}
+    for devices in (1, 8):
+        _run(
+            "train",
+            devices,
+            tmp_path / str(devices),
+            data,
+            tmp_path / f"{devices}.npz",
+            "--distill",
+        )
+        out[devices] = dict(np.load(tmp_path / f"{devices}.npz"))
+    assert any(".teacher" in k for k in out[1]) and any(".align" in k for k in out[1])
+    _assert_same_run(out[8], out[1])
+
+
 def test_pallas_path_matches_xla_path(one_device):
     _assert_same_run(one_device["pallas"], one_device["xla"])
 

@@ -1,4 +1,5 @@
-"""The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md."""
+"""The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md and
+docs/distillation.md."""
 
 import pathlib
 import re
@@ -8,7 +9,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 def test_docs_python_blocks_run():
     namespace = {}
-    for name in ("op.md", "scaling.md"):
+    for name in ("op.md", "scaling.md", "distillation.md"):
         path = DOCS / name
         blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
         assert blocks, name
@@ -19,6 +20,7 @@ def test_docs_python_blocks_run():
     assert namespace["lenet_logits"].shape == (8, 10)
     assert namespace["ops_count"].multiplications == 0
     assert namespace["y_mesh"].shape == (8, 32, 32, 32)
+    assert abs(float(namespace["k_a"][0, 1]) - 0.1353) < 1e-4 and float(namespace["kd"]) == 0
 
 
 def test_every_doc_link_resolves():
