@@ -119,33 +119,27 @@ def eval_step(state: TrainState, batch, p, *, info):
     }
 
 
-def jit_train_step(config, info, state_shardings, mesh: Mesh, *, lr_fn: Callable) -> Callable:
-    """`train_step` jitted over `mesh`: (state, global batch, p) -> (state, metrics), the
-    batch split, the state laid out as `state_shardings` (and donated), metrics replicated.
+def jit_train_step(
+    config, info, state_shardings, mesh: Mesh, *, lr_fn: Callable, step: Callable = None
+) -> Callable:
+    """`train_step` (or another task's `step` of the same arguments) jitted over `mesh`
+    (`train.sharding.jit_train_step`): (state, global batch, p) -> (state, metrics).
     `lr_fn` (step -> learning rate) is only reported in the metrics."""
-    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    return jax.jit(
-        functools.partial(
-            train_step,
-            info=info,
-            label_smoothing=config.label_smoothing,
-            lr_fn=lr_fn,
-            skip_nonfinite=config.skip_nonfinite,
-        ),
-        in_shardings=(state_shardings, batch, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
+    step = functools.partial(
+        step or train_step,
+        info=info,
+        label_smoothing=config.label_smoothing,
+        lr_fn=lr_fn,
+        skip_nonfinite=config.skip_nonfinite,
     )
+    return sharding.jit_train_step(step, state_shardings, mesh)
 
 
-def jit_eval_step(info, state_shardings, mesh: Mesh) -> Callable:
-    """`eval_step` jitted over `mesh`: (state, global batch, p) -> replicated sums."""
-    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    return jax.jit(
-        functools.partial(eval_step, info=info),
-        in_shardings=(state_shardings, batch, replicated),
-        out_shardings=replicated,
-    )
+def jit_eval_step(info, state_shardings, mesh: Mesh, *, step: Callable = None) -> Callable:
+    """`eval_step` (or another task's `step`) jitted over `mesh`: (state, global batch, p) ->
+    replicated sums."""
+    step = functools.partial(step or eval_step, info=info)
+    return sharding.jit_eval_step(step, state_shardings, mesh)
 
 
 def evaluate(jitted_eval, state, batches: Iterable[dict], p, mesh: Mesh) -> dict[str, float]:

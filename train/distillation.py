@@ -28,7 +28,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from adderjax import distill, models
-from train import classification, config_checks, data_sources, model_state, schedules, sharding
+from train import classification, config_checks, data_sources, model_state, schedules
 from train.model_state import TrainState
 
 __all__ = [
@@ -348,30 +348,15 @@ def eval_step(state: DistillState, batch, p, *, info):
 
 def jit_train_step(config, info, state_shardings, mesh: Mesh, *, lr_fn: Callable) -> Callable:
     """`train_step` jitted over `mesh`, as `train.classification.jit_train_step`."""
-    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    return jax.jit(
-        functools.partial(
-            train_step,
-            info=info,
-            settings=Settings.from_config(config),
-            label_smoothing=config.label_smoothing,
-            lr_fn=lr_fn,
-            skip_nonfinite=config.skip_nonfinite,
-        ),
-        in_shardings=(state_shardings, batch, replicated),
-        out_shardings=(state_shardings, replicated),
-        donate_argnums=0,
+    step = functools.partial(train_step, settings=Settings.from_config(config))
+    return classification.jit_train_step(
+        config, info, state_shardings, mesh, lr_fn=lr_fn, step=step
     )
 
 
 def jit_eval_step(info, state_shardings, mesh: Mesh) -> Callable:
     """`eval_step` jitted over `mesh`: (state, global batch, p) -> replicated sums."""
-    batch, replicated = sharding.batch_sharding(mesh), sharding.replicated(mesh)
-    return jax.jit(
-        functools.partial(eval_step, info=info),
-        in_shardings=(state_shardings, batch, replicated),
-        out_shardings=replicated,
-    )
+    return classification.jit_eval_step(info, state_shardings, mesh, step=eval_step)
 
 
 evaluate = classification.evaluate

@@ -7,6 +7,7 @@ does. Both axes are Auto, so XLA partitions the step from these shardings (GSPMD
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -16,6 +17,8 @@ from jax.sharding import PartitionSpec as P
 
 __all__ = [
     "batch_sharding",
+    "jit_eval_step",
+    "jit_train_step",
     "fsdp_spec",
     "global_batch",
     "make_mesh",
@@ -62,3 +65,23 @@ def state_shardings(abstract_state: Any, mesh: Mesh) -> Any:
 def global_batch(batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict:
     """This host's rows of the global batch, as global arrays with the batch sharding."""
     return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+
+
+def jit_train_step(step: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+    """A task's ``step(state, global batch, p) -> (state, metrics)`` jitted over `mesh`: the
+    batch split, the state laid out as `state_shardings` (and donated), metrics replicated."""
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=(state_shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def jit_eval_step(step: Callable, state_shardings: Any, mesh: Mesh) -> Callable:
+    """A task's ``step(state, global batch, p) -> sums`` jitted over `mesh`, sums replicated."""
+    return jax.jit(
+        step,
+        in_shardings=(state_shardings, batch_sharding(mesh), replicated(mesh)),
+        out_shardings=replicated(mesh),
+    )
