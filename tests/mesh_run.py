@@ -3,8 +3,9 @@
 Started as a subprocess so that XLA_FLAGS (the simulated device count) and
 jax.distributed take effect before jax starts:
 
-    python tests/mesh_run.py train --devices 8 --workdir W --data D [--pallas|--distill] --out F.npz
+    python tests/mesh_run.py train --devices 8 --workdir W --data D [--pallas] --out F.npz
     python tests/mesh_run.py lower  --devices 8 --workdir W --data D --out F.json
+    python tests/mesh_run.py distill --devices 8 --workdir W --data D --out F.npz
     python tests/mesh_run.py train  --devices 2 --process-id I --process-count 2 --port P ...
 """
 
@@ -16,13 +17,12 @@ import sys
 
 def _args():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["train", "lower"])
+    parser.add_argument("mode", choices=["train", "lower", "distill"])
     parser.add_argument("--devices", type=int, required=True)
     parser.add_argument("--workdir", required=True)
     parser.add_argument("--data", required=True)
     parser.add_argument("--out", required=True)
     parser.add_argument("--pallas", action="store_true")
-    parser.add_argument("--distill", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fsdp", type=int, default=1)
     parser.add_argument("--process-id", type=int, default=0)
@@ -43,8 +43,6 @@ def _config(args):
     config.progress_bar = False
     config.plots = False
     config.fsdp_size = args.fsdp
-    if args.distill:
-        config.distill = "pkkd"
     if args.pallas:
         config.implementation = "pallas"
         config.interpret = True
@@ -55,21 +53,18 @@ def _train(args):
     import jax
     import numpy as np
 
-    from train import checkpointing, data_sources, distillation, model_state, sharding, train
+    from train import checkpointing, data_sources, model_state, sharding, train
 
     config = _config(args)
     result = train.train_and_evaluate(config, args.workdir)
     mngr = checkpointing.manager(checkpointing.checkpoint_dir(args.workdir), read_only=True)
     mesh = sharding.make_mesh(config.fsdp_size)
-    build = distillation.build if args.distill else model_state.build
-    built = build(config, data_sources.DATASETS[config.dataset], mesh=mesh)
+    built = model_state.build(config, data_sources.DATASETS[config.dataset], mesh=mesh)
     state, _ = checkpointing.restore(mngr, mngr.latest_step(), built.abstract)
     if jax.process_index() == 0:
-        if args.distill:  # both networks and the alignments, optimizer state included
-            tree = state
-        else:
-            tree = {"params": state.params, "batch_stats": state.batch_stats}
-        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        leaves = jax.tree_util.tree_flatten_with_path(
+            {"params": state.params, "batch_stats": state.batch_stats}
+        )[0]
         arrays = {jax.tree_util.keystr(k): np.asarray(jax.device_get(v)) for k, v in leaves}
         losses = [
             m["loss"]
@@ -121,6 +116,42 @@ def _lower(args):
         json.dump(out, f)
 
 
+def _distill(args):
+    """PKKD's step (student, teacher, alignments) for --steps batches on a 1-device mesh and
+    on an all-device mesh of this one process: the partitioned step against the unpartitioned
+    one, compiled alike (a process with one device compiles XLA:CPU's convolutions
+    otherwise, and the rounding that changes grows over the steps of this random data)."""
+    import jax
+    import numpy as np
+
+    from train import data_sources, distillation, input_pipeline, schedules, sharding
+
+    config = _config(args)
+    config.distill = "pkkd"
+    source, info = data_sources.open_source(
+        config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
+    )
+    out = {}
+    for n in (1, args.devices):
+        mesh = sharding.make_mesh(1, devices=jax.devices()[:n])
+        built = distillation.build(config, info, steps_per_epoch=4, mesh=mesh)
+        lr_fn = schedules.learning_rate(config, 4)
+        step = distillation.jit_train_step(config, info, built.shardings, mesh, lr_fn=lr_fn)
+        batches = iter(input_pipeline.config_train_loader(config, source))
+        rows = sharding.batch_sharding(mesh)
+        losses = []
+        with jax.set_mesh(mesh):
+            state = built.init(jax.random.key(0))
+            for _ in range(args.steps):
+                batch = sharding.global_batch(next(batches), rows)
+                state, metrics = step(state, batch, np.float32(1.0))
+                losses.append([float(metrics["loss"]), float(metrics["teacher_loss"])])
+        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+        out[f"{n}/losses"] = np.asarray(losses)
+        out.update({f"{n}/{jax.tree_util.keystr(k)}": np.asarray(v) for k, v in leaves})
+    np.savez(args.out, **out)
+
+
 def main():
     args = _args()
     flags = os.environ.get("XLA_FLAGS", "")
@@ -137,6 +168,8 @@ def main():
         )
     if args.mode == "train":
         _train(args)
+    elif args.mode == "distill":
+        _distill(args)
     else:
         _lower(args)
 

@@ -101,20 +101,17 @@ def test_eight_devices_match_one(one_device, data, tmp_path, path, extra):
 
 @pytest.mark.slow
 def test_distillation_on_eight_devices_matches_one(data, tmp_path):
-    """PKKD's student, teacher and alignments (and their optimizer states) on a mesh of 8."""
-    out = {}
-    for devices in (1, 8):
-        _run(
-            "train",
-            devices,
-            tmp_path / str(devices),
-            data,
-            tmp_path / f"{devices}.npz",
-            "--distill",
-        )
-        out[devices] = dict(np.load(tmp_path / f"{devices}.npz"))
-    assert any(".teacher" in k for k in out[1]) and any(".align" in k for k in out[1])
-    _assert_same_run(out[8], out[1])
+    """PKKD's student, teacher, alignments and their optimizer states after 3 steps on a mesh
+    of 8 devices and of 1, in one process (see `mesh_run._distill` for why one)."""
+    _run("distill", 8, tmp_path / "w", data, tmp_path / "d.npz")
+    got = dict(np.load(tmp_path / "d.npz"))
+    one = {k[2:]: v for k, v in got.items() if k.startswith("1/")}
+    eight = {k[2:]: v for k, v in got.items() if k.startswith("8/")}
+    assert any(".teacher" in k for k in one) and any(".align" in k for k in one)
+    np.testing.assert_allclose(eight["losses"], one["losses"], rtol=1e-5)
+    for key in one:
+        scale = np.max(np.abs(one[key])) + 1e-30
+        assert np.max(np.abs(eight[key] - one[key])) / scale < 1e-4, key
 
 
 def test_pallas_path_matches_xla_path(one_device):
