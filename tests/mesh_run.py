@@ -119,8 +119,8 @@ def _lower(args):
 def _distill(args):
     """PKKD's step (student, teacher, alignments) for --steps batches on a 1-device mesh and
     on an all-device mesh of this one process: the partitioned step against the unpartitioned
-    one, compiled alike (a process with one device compiles XLA:CPU's convolutions
-    otherwise, and the rounding that changes grows over the steps of this random data)."""
+    one in one process (in a separate 1-device process the teacher's loss at step 3 differs
+    by 3e-4: XLA:CPU rounds otherwise there, and three steps of random data amplify it)."""
     import jax
     import numpy as np
 
