@@ -248,19 +248,30 @@ def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
 
 
-def config_from_meta(meta: dict) -> ml_collections.ConfigDict:
+def config_from_meta(
+    meta: dict, defaults: ml_collections.ConfigDict | None = None
+) -> ml_collections.ConfigDict:
     """The config stored with a checkpoint; keys added since it was written get their
-    defaults (`train.configs.default`), so older checkpoints still evaluate."""
-    config = default.get_config()
+    defaults (`defaults`, by default `train.configs.default`'s), so older checkpoints still
+    evaluate."""
+    config = default.get_config() if defaults is None else defaults
     config.update(meta["config"])
     return config
 
 
-def check_resumable(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDict) -> None:
+def check_resumable(
+    mngr: ocp.CheckpointManager,
+    config: ml_collections.ConfigDict,
+    *,
+    keys: tuple[str, ...] = RESUME_KEYS,
+    missing: dict | None = None,
+) -> None:
     """Refuses to resume a workdir whose checkpoints were made by an incompatible config.
 
     Reads the newest readable checkpoint's stored config (damaged ones are left to
-    `restore_latest`) and compares its `RESUME_KEYS` with `config`'s.
+    `restore_latest`) and compares its `keys` (a task's; classification's `RESUME_KEYS` by
+    default) with `config`'s; `missing` says what a key absent from an older checkpoint
+    meant.
 
     Raises:
       config_checks.ConfigError: the keys differ (the config is what the user changes); the
@@ -271,10 +282,11 @@ def check_resumable(mngr: ocp.CheckpointManager, config: ml_collections.ConfigDi
             saved = read_meta(mngr, step)["config"]
         except Exception:  # a damaged checkpoint: restore_latest reports it
             continue
+        before = _RESUME_DEFAULTS if missing is None else missing
         diffs = [
-            f"{k}={saved.get(k, _RESUME_DEFAULTS.get(k))!r} there, {config[k]!r} here"
-            for k in RESUME_KEYS
-            if saved.get(k, _RESUME_DEFAULTS.get(k)) != config[k]
+            f"{k}={saved.get(k, before.get(k))!r} there, {config[k]!r} here"
+            for k in keys
+            if saved.get(k, before.get(k)) != config[k]
         ]
         if diffs:
             raise config_checks.ConfigError(

@@ -8,11 +8,12 @@ import pathlib
 
 import ml_collections
 
-from adderjax import distill, geometry, models, optim
+from adderjax import distill, geometry, models, optim, sr_models
 from train import data_sources, input_pipeline
 from train.configs import default
+from train.configs import sr as sr_config
 
-__all__ = ["DISTILL_MODES", "ConfigError", "validate"]
+__all__ = ["DISTILL_MODES", "ConfigError", "validate", "validate_sr"]
 
 DTYPES = ("float32", "bfloat16")
 # "none": classification alone; "pkkd": a CNN teacher trained alongside the AdderNet;
@@ -70,48 +71,15 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         expected = " or ".join(map(repr, readable))
         raise _bad("data_format", config.data_format, f"{expected} for {config.dataset!r}")
     _one_of(config, "augment", input_pipeline.AUGMENTATIONS)
-    _one_of(config, "dtype", DTYPES)
-    _one_of(config, "input_grad", geometry.INPUT_GRADS)
-    _one_of(config, "filter_grad", geometry.FILTER_GRADS)
-    _one_of(config, "implementation", (None, *geometry.IMPLEMENTATIONS))
-    if not isinstance(config.adder, bool):
-        raise _bad("adder", config.adder, "True or False")
-    if not isinstance(config.interpret, bool):
-        raise _bad("interpret", config.interpret, "True or False")
-    if config.interpret and config.implementation != "pallas":
-        raise _bad("interpret", True, "False unless implementation='pallas'")
-    if config.filter_grad == "sign" and config.implementation == "pallas":
-        raise _bad("filter_grad", "sign", "'full_precision' with implementation='pallas'")
-
-    _at_least(config, "num_epochs", 1, integer=True)
+    _check_layers(config)
+    _check_run(config, device_count, batch_keys=("batch_size", "eval_batch_size"))
     _at_least(config, "warmup_epochs", 0, integer=True)
     if config.warmup_epochs >= config.num_epochs:
         raise _bad("warmup_epochs", config.warmup_epochs, f"< num_epochs={config.num_epochs}")
-    for key in ("batch_size", "eval_batch_size"):
-        _at_least(config, key, 1, integer=True)
-        if config[key] % device_count:
-            raise _bad(key, config[key], f"a multiple of the device count {device_count}")
-    for key in ("eval_every_epochs", "checkpoint_every_epochs", "log_every_steps"):
-        _at_least(config, key, 1, integer=True)
-    _at_least(config, "keep_checkpoints", 1, integer=True)
-    _at_least(config, "checkpoint_every_steps", 0, integer=True)
-    if not isinstance(config.skip_nonfinite, bool):
-        raise _bad("skip_nonfinite", config.skip_nonfinite, "True or False")
-    _at_least(config, "worker_count", 0, integer=True)
-    _at_least(config, "fsdp_size", 1, integer=True)
-    if device_count % config.fsdp_size:
-        raise _bad("fsdp_size", config.fsdp_size, f"a divisor of the device count {device_count}")
     _at_least(config, "image_size", 8, integer=True)
-    _number(config, "num_train_steps", integer=True)
     _number(config, "steps_per_eval", integer=True)
-    seed = _number(config, "seed", integer=True)
-    if not 0 <= seed < 2**32:
-        raise _bad("seed", seed, "an integer in [0, 2**32)")
-    for key in ("plots", "progress_bar"):
-        if not isinstance(config[key], bool):
-            raise _bad(key, config[key], "True or False")
-    if config.data_dir is not None and not isinstance(config.data_dir, str):
-        raise _bad("data_dir", config.data_dir, "a directory path or None")
+    if not isinstance(config.plots, bool):
+        raise _bad("plots", config.plots, "True or False")
 
     # The optimizer's own checks (`adderjax.optim`), reported as config keys.
     try:
@@ -137,6 +105,85 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         if not 1 <= p <= 2:
             raise _bad(key, p, "a number in [1, 2]")
     _at_least(config, "p_decay_epochs", 0, integer=True)
+
+
+def _bool(config, key: str) -> None:
+    if not isinstance(config[key], bool):
+        raise _bad(key, config[key], "True or False")
+
+
+def _check_layers(config: ml_collections.ConfigDict) -> None:
+    """The adder layers' options, shared by every task."""
+    _one_of(config, "dtype", DTYPES)
+    _one_of(config, "input_grad", geometry.INPUT_GRADS)
+    _one_of(config, "filter_grad", geometry.FILTER_GRADS)
+    _one_of(config, "implementation", (None, *geometry.IMPLEMENTATIONS))
+    _bool(config, "adder")
+    _bool(config, "interpret")
+    if config.interpret and config.implementation != "pallas":
+        raise _bad("interpret", True, "False unless implementation='pallas'")
+    if config.filter_grad == "sign" and config.implementation == "pallas":
+        raise _bad("filter_grad", "sign", "'full_precision' with implementation='pallas'")
+
+
+def _check_run(config: ml_collections.ConfigDict, device_count: int, *, batch_keys) -> None:
+    """What `train.loop` and the data loaders read, shared by every task."""
+    _at_least(config, "num_epochs", 1, integer=True)
+    for key in batch_keys:
+        _at_least(config, key, 1, integer=True)
+        if config[key] % device_count:
+            raise _bad(key, config[key], f"a multiple of the device count {device_count}")
+    for key in ("eval_every_epochs", "checkpoint_every_epochs", "log_every_steps"):
+        _at_least(config, key, 1, integer=True)
+    _at_least(config, "keep_checkpoints", 1, integer=True)
+    _at_least(config, "checkpoint_every_steps", 0, integer=True)
+    _bool(config, "skip_nonfinite")
+    _at_least(config, "worker_count", 0, integer=True)
+    _at_least(config, "fsdp_size", 1, integer=True)
+    if device_count % config.fsdp_size:
+        raise _bad("fsdp_size", config.fsdp_size, f"a divisor of the device count {device_count}")
+    _number(config, "num_train_steps", integer=True)
+    seed = _number(config, "seed", integer=True)
+    if not 0 <= seed < 2**32:
+        raise _bad("seed", seed, "an integer in [0, 2**32)")
+    _bool(config, "progress_bar")
+    if config.data_dir is not None and not isinstance(config.data_dir, str):
+        raise _bad("data_dir", config.data_dir, "a directory path or None")
+
+
+def validate_sr(config: ml_collections.ConfigDict, *, device_count: int) -> None:
+    """`validate` for a super-resolution config (`train/configs/sr.py`)."""
+    missing = sorted(set(sr_config.get_config().keys()) - set(config.keys()))
+    if missing:
+        raise ConfigError(
+            f"config is missing {', '.join(missing)}: start a config file from train/configs/sr.py"
+        )
+    _one_of(config, "model", sorted(sr_models.SR_MODELS))
+    _one_of(config, "scale", sr_models.SCALES)
+    _check_layers(config)
+    for key in ("self_shortcut", "power_activation", "augment"):
+        _bool(config, key)
+    _at_least(config, "features", 1, integer=True)
+    _at_least(config, "num_blocks", 1, integer=True)
+    _at_least(config, "depth", 3, integer=True)
+    if not _number(config, "res_scale") > 0:
+        raise _bad("res_scale", config.res_scale, "a number > 0")
+    _check_run(config, device_count, batch_keys=("batch_size",))
+    for key in ("train_data", "eval_data"):
+        if not isinstance(config[key], str) or not config[key].strip(","):
+            raise _bad(
+                key, config[key], "comma-separated image folders or tfds:NAME (e.g. tfds:div2k)"
+            )
+    _at_least(config, "patch_size", 4, integer=True)
+    _at_least(config, "repeat", 1, integer=True)
+    _at_least(config, "lr_decay_epochs", 1, integer=True)
+    if not _number(config, "learning_rate") > 0:
+        raise _bad("learning_rate", config.learning_rate, "a number > 0")
+    for key in ("b1", "b2"):
+        if not 0 <= _number(config, key) < 1:
+            raise _bad(key, config[key], "a number in [0, 1)")
+    if not _number(config, "eps") > 0:
+        raise _bad("eps", config.eps, "a number > 0")
 
 
 def _check_distillation(config: ml_collections.ConfigDict) -> None:

@@ -59,9 +59,10 @@ def step_counts(config: ml_collections.ConfigDict, num_examples: int) -> tuple[i
     """(steps per epoch, total steps) of a run over `num_examples` training examples."""
     steps_per_epoch = num_examples // config.batch_size
     if steps_per_epoch == 0:
+        data = repr(config.dataset) if "dataset" in config else "the training data"
         raise config_checks.ConfigError(
             f"config.batch_size={config.batch_size} is larger than the {num_examples} "
-            f"training examples of {config.dataset!r}"
+            f"training examples of {data}"
         )
     full = config.num_epochs * steps_per_epoch
     total = min(config.num_train_steps, full) if config.num_train_steps > 0 else full

@@ -1,0 +1,168 @@
+r"""AdderSR's table on real photographs: bicubic, the CNN, AdderSR and its two ablations.
+
+    python benchmarks/sr_table.py --out /work/runs/sr_table
+
+No SR benchmark (Set5, DIV2K, ...) installs offline; scikit-image's wheel ships real
+photographs. A fixed split of them is written to ``OUT/photos`` (never to be called Set5):
+
+* train (10): astronaut, brick, camera, cell, grass, gravel, hubble_deep_field, ihc,
+  motorcycle_left, retina;
+* test (5): chelsea, coffee, coins, moon, rocket.
+
+(left out: the synthetic images, and motorcycle_right, the same scene as motorcycle_left.)
+Each variant is one ``python -m train.sr`` run in ``OUT/runs/VARIANT_sSEED`` (a finished run
+is read, not run again), the same small EDSR (``--blocks`` x ``--features``) for all, x2.
+It prints a markdown table (PSNR / SSIM on the Y channel of the test photos, scale pixels of
+border cropped; the operation and energy counts of `adderjax.count_ops` for a 1280x720
+output) and writes ``OUT/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TRAIN = ("astronaut.png", "brick.png", "camera.png", "cell.png", "grass.png", "gravel.png",
+         "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png", "retina.jpg")  # fmt: skip
+TEST = ("chelsea.png", "coffee.png", "coins.png", "moon.png", "rocket.jpg")
+VARIANTS = {
+    "cnn": ["--config.adder=False"],
+    "addersr": [],
+    "no_shortcut": ["--config.self_shortcut=False"],
+    "no_power": ["--config.power_activation=False"],
+}
+LABELS = {
+    "bicubic": "bicubic",
+    "cnn": "CNN (EDSR)",
+    "addersr": "AdderSR",
+    "no_shortcut": "AdderSR without self-shortcut",
+    "no_power": "AdderSR without power activation",
+}
+
+
+def write_photos(out: pathlib.Path) -> pathlib.Path:
+    import skimage  # noqa: PLC0415 (an optional dependency, only this program needs it)
+
+    source = pathlib.Path(skimage.__file__).parent / "data"
+    photos = out / "photos"
+    for split, names in (("train", TRAIN), ("test", TEST)):
+        (photos / split).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copyfile(source / name, photos / split / name)
+    return photos
+
+
+def run_args(args, photos: pathlib.Path, variant: str, seed: int, workdir: pathlib.Path):
+    steps_per_epoch = len(TRAIN) * args.repeat // args.batch
+    epochs = max(1, args.steps // steps_per_epoch)
+    return [
+        sys.executable, "-m", "train.sr", f"--workdir={workdir}",
+        f"--config=train/configs/sr.py:{args.model},2",
+        f"--config.train_data={photos / 'train'}", f"--config.eval_data={photos / 'test'}",
+        f"--config.num_blocks={args.blocks}", f"--config.depth={args.blocks}",
+        f"--config.features={args.features}", f"--config.patch_size={args.patch}",
+        f"--config.batch_size={args.batch}", f"--config.repeat={args.repeat}",
+        f"--config.num_epochs={epochs}", f"--config.learning_rate={args.lr}",
+        f"--config.lr_decay_epochs={max(1, 2 * epochs // 3)}",
+        f"--config.eval_every_epochs={max(1, epochs // 6)}", f"--config.seed={seed}",
+        "--config.worker_count=0", "--config.progress_bar=False", *VARIANTS[variant],
+    ]  # fmt: skip
+
+
+def counts(args) -> dict:
+    from adderjax import count_ops, sr_models  # noqa: PLC0415 (after sys.path is set)
+
+    out = {}
+    for variant, flags in VARIANTS.items():
+        kw = dict(scale=2, features=args.features, adder="--config.adder=False" not in flags)
+        kw.update(num_blocks=args.blocks) if args.model == "edsr" else kw.update(depth=args.blocks)
+        model = sr_models.get_sr_model(args.model, **kw)
+        c = count_ops(model, (1, 360, 640, 3), convention="full", train=False)
+        out[variant] = {
+            "mul": c.multiplications,
+            "add": c.additions,
+            "energy_uj": c.energy_pj / 1e6,
+        }
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--model", default="edsr", choices=("edsr", "vdsr"))
+    parser.add_argument("--blocks", type=int, default=4, help="EDSR blocks or VDSR depth")
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--patch", type=int, default=24)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeat", type=int, default=160)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    args = parser.parse_args(argv)
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    photos = write_photos(args.out)
+    todo, running = [], []
+    for variant in variants:
+        for seed in seeds:
+            workdir = args.out / "runs" / f"{variant}_s{seed}"
+            if not (workdir / "results.json").exists():
+                todo.append((variant, seed, workdir))
+    env = {**os.environ, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")}
+    while todo or running:
+        while todo and len(running) < args.jobs:
+            variant, seed, workdir = todo.pop(0)
+            workdir.mkdir(parents=True, exist_ok=True)
+            log = open(workdir / "log.txt", "w")  # noqa: SIM115 (closed when the run ends)
+            cmd = run_args(args, photos, variant, seed, workdir)
+            running.append(
+                (subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log), log, workdir)
+            )
+        proc, log, workdir = running.pop(0)
+        if proc.wait() != 0:
+            sys.exit(f"run {workdir} failed: see {workdir / 'log.txt'}")
+        log.close()
+    results = {}
+    for variant in variants:
+        rows = [json.loads((args.out / "runs" / f"{variant}_s{s}" / "results.json").read_text())
+                for s in seeds]  # fmt: skip
+        results[variant] = {k: [r[k] for r in rows] for k in ("test_psnr", "test_ssim")}
+        results["bicubic"] = {
+            "test_psnr": [rows[0]["test_bicubic_psnr"]], "test_ssim": [rows[0]["test_bicubic_ssim"]]
+        }  # fmt: skip
+    ops = counts(args)
+    print(f"{args.model} x2, {args.blocks} blocks x {args.features} channels, {args.steps} steps, "
+          f"seeds {args.seeds}; test photos (Y, border 2)\n")  # fmt: skip
+    print("| method | PSNR (dB) | SSIM | multiplications | additions | energy (uJ) |")
+    print("|---|---|---|---|---|---|")
+    for variant in ["bicubic", *variants]:
+        r = results[variant]
+        p, s = np.array(r["test_psnr"]), np.array(r["test_ssim"])
+        spread = f" ± {p.std(ddof=1):.2f}" if len(p) > 1 else ""
+        c = ops.get(variant)
+        cells = (
+            f"{c['mul'] / 1e9:.2f} G | {c['add'] / 1e9:.2f} G | {c['energy_uj']:.0f}"
+            if c
+            else "— | — | —"
+        )
+        print(f"| {LABELS[variant]} | {p.mean():.2f}{spread} | {s.mean():.4f} | {cells} |")
+    (args.out / "results.json").write_text(json.dumps({"psnr_ssim": results, "ops": ops}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
