@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from train import data_sources, sharding
+from train import data_sources, model_state, sharding
 from train.model_state import TrainState
 
 __all__ = [
@@ -87,11 +87,9 @@ def train_step(
         state, batch, p, info=info, label_smoothing=label_smoothing
     )
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    finite = jnp.isfinite(loss) & jnp.all(grad_finite)
+    finite, grad_finite = model_state.finiteness([loss], grads)
     if skip_nonfinite:
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        new_state = new_state.replace(step=state.step + 1)
+        new_state = model_state.keep_if_finite(new_state, state, finite)
     metrics = {
         "loss": loss,
         "top1": topk_correct(logits, labels, 1).mean(),

@@ -315,8 +315,7 @@ def train_step(
         align=state.align.apply_gradients(grads=a_grads),
     )
     grads = [s_grads, a_grads] + ([t_grads] if t_grads is not None else [])
-    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    finite = jnp.isfinite(loss) & jnp.isfinite(t_loss) & jnp.all(grad_finite)
+    finite, grad_finite = model_state.finiteness([loss, t_loss], grads)
     if skip_nonfinite:
         kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
         new_state = kept.replace(

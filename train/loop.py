@@ -30,6 +30,7 @@ __all__ = [
     "StopSignals",
     "Task",
     "run",
+    "run_in_workdir",
     "step_counts",
 ]
 
@@ -258,3 +259,44 @@ def run(
     if final is None:  # resumed at the end: evaluate the restored state
         final = {**task.evaluate(state, total_steps), "step": total_steps}
     return final, state
+
+
+def run_in_workdir(
+    task: Task,
+    state: Any,
+    *,
+    config: ml_collections.ConfigDict,
+    workdir,
+    start_step: int,
+    total_steps: int,
+    steps_per_epoch: int,
+    data_iterator: Iterator[dict],
+    mngr,
+) -> tuple[dict[str, float], Any]:
+    """`run` with `workdir`'s metric writer and the progress bar (on the chief process only);
+    they and `mngr` are closed when it ends, however it ends."""
+    is_chief = jax.process_index() == 0
+    writer = reporting.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
+    bar = reporting.ProgressBar(
+        total_steps,
+        start_step,
+        enabled=is_chief and config.progress_bar,
+        log_every=config.log_every_steps,
+    )
+    try:
+        return run(
+            task,
+            state,
+            config=config,
+            start_step=start_step,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            data_iterator=data_iterator,
+            mngr=mngr,
+            writer=writer,
+            bar=bar,
+        )
+    finally:
+        bar.close()
+        writer.close()
+        mngr.close()

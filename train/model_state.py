@@ -28,7 +28,9 @@ __all__ = [
     "build",
     "create_model",
     "create_train_state",
+    "finiteness",
     "image_shape",
+    "keep_if_finite",
     "make_optimizer",
     "param_names",
     "place",
@@ -150,3 +152,20 @@ def place(init: Callable[[jax.Array], Any], mesh: Mesh | None):
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings
     )
     return jax.jit(init, out_shardings=shardings), abstract, shardings
+
+
+def finiteness(losses, grads) -> tuple[jax.Array, jax.Array]:
+    """(whether every loss and gradient is finite, one bool per gradient leaf): what a
+    task's step reports as "finite" and "grad_finite" for `train.loop`."""
+    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
+    finite = jnp.all(grad_finite)
+    for loss in losses:
+        finite = finite & jnp.all(jnp.isfinite(loss))
+    return finite, grad_finite
+
+
+def keep_if_finite(new_state: TrainState, state: TrainState, finite) -> TrainState:
+    """`new_state` after a finite step; otherwise `state` with its step count advanced
+    (``skip_nonfinite``: the step is skipped, not repeated)."""
+    kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
+    return kept.replace(step=state.step + 1)

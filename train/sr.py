@@ -112,30 +112,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         else:
             state, _, start_step = restored
             reporting.info(f"resumed from {mngr.directory} at step {start_step}")
-        writer = reporting.MetricWriter(workdir, enabled=is_chief, resume_step=start_step)
-        bar = reporting.ProgressBar(
-            total_steps,
-            start_step,
-            enabled=is_chief and config.progress_bar,
-            log_every=config.log_every_steps,
+        final, state = loop.run_in_workdir(
+            task,
+            state,
+            config=config,
+            workdir=workdir,
+            start_step=start_step,
+            total_steps=total_steps,
+            steps_per_epoch=steps_per_epoch,
+            data_iterator=data_iterator,
+            mngr=mngr,
         )
-        try:
-            final, _ = loop.run(
-                task,
-                state,
-                config=config,
-                start_step=start_step,
-                total_steps=total_steps,
-                steps_per_epoch=steps_per_epoch,
-                data_iterator=data_iterator,
-                mngr=mngr,
-                writer=writer,
-                bar=bar,
-            )
-        finally:
-            bar.close()
-            writer.close()
-            mngr.close()
     if is_chief:
         (workdir / "results.json").write_text(json.dumps(final, indent=2) + "\n")
     return final

@@ -133,11 +133,9 @@ def train_step(state: TrainState, batch, p, *, lr_fn: Callable, skip_nonfinite: 
 
     (loss, (sr, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
-    grad_finite = jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-    finite = jnp.isfinite(loss) & jnp.all(grad_finite)
+    finite, grad_finite = model_state.finiteness([loss], grads)
     if skip_nonfinite:
-        new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        new_state = new_state.replace(step=state.step + 1)
+        new_state = model_state.keep_if_finite(new_state, state, finite)
     mse = jnp.mean((jnp.clip(sr, 0, 255) - hr_images) ** 2)
     metrics = {
         "loss": loss,
