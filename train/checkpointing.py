@@ -44,6 +44,7 @@ __all__ = [
     "read_meta",
     "restore",
     "restore_latest",
+    "restore_or_init",
     "save",
     "verify",
 ]
@@ -225,6 +226,26 @@ def restore_latest(
             f"aside); start a new run with another --workdir or repair them"
         )
     return None
+
+
+def restore_or_init(
+    mngr: ocp.CheckpointManager,
+    abstract_state: Any,
+    init,
+    *,
+    data_iterator: Any | None = None,
+    warn=print,
+    info=print,
+) -> tuple[Any, int]:
+    """(state, step) of the newest usable checkpoint (`restore_latest`, damaged ones
+    reported through `warn`), or (``init()``, 0) when there is none; a resume is reported
+    through `info`."""
+    restored = restore_latest(mngr, abstract_state, data_iterator=data_iterator, log=warn)
+    if restored is None:
+        return init(), 0
+    state, _, step = restored
+    info(f"resumed from {mngr.directory} at step {step}")
+    return state, step
 
 
 def restore(

@@ -104,14 +104,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             )
         )
         checkpointing.check_resumable(mngr, config, keys=super_resolution.RESUME_KEYS, missing={})
-        restored = checkpointing.restore_latest(
-            mngr, built.abstract, data_iterator=data_iterator, log=reporting.warn
+        state, start_step = checkpointing.restore_or_init(
+            mngr,
+            built.abstract,
+            lambda: built.init(jax.random.key(config.seed)),
+            data_iterator=data_iterator,
+            warn=reporting.warn,
+            info=reporting.info,
         )
-        if restored is None:
-            state, start_step = built.init(jax.random.key(config.seed)), 0
-        else:
-            state, _, start_step = restored
-            reporting.info(f"resumed from {mngr.directory} at step {start_step}")
         final, state = loop.run_in_workdir(
             task,
             state,

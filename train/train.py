@@ -110,16 +110,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     with jax.set_mesh(mesh):
         data_iterator = iter(input_pipeline.config_train_loader(config, train_source))
         checkpointing.check_resumable(mngr, config)
-        restored = checkpointing.restore_latest(
-            mngr, built.abstract, data_iterator=data_iterator, log=reporting.warn
-        )
-        if restored is None:
-            state, start_step = built.init(jax.random.key(config.seed)), 0
+
+        def init():
+            state = built.init(jax.random.key(config.seed))
             if distilling and config.distill == "kd":
                 state = distillation.with_teacher(state, teacher_variables, built.shardings)
-        else:
-            state, _, start_step = restored
-            reporting.info(f"resumed from {mngr.directory} at step {start_step}")
+            return state
+
+        state, start_step = checkpointing.restore_or_init(
+            mngr,
+            built.abstract,
+            init,
+            data_iterator=data_iterator,
+            warn=reporting.warn,
+            info=reporting.info,
+        )
         final, state = loop.run_in_workdir(
             loop_task,
             state,
