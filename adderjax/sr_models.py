@@ -11,8 +11,9 @@ multiplicative and makes every inner convolution an adder layer, with two additi
 * a learnable **power activation** ``sign(y) |y| ** alpha`` after each adder layer
   (`PowerActivation`), to bring back the high frequencies that the l1 distance flattens.
 
-An adder layer is thus adder -> BN -> + x -> (ReLU where the CNN has one) -> power
-activation, the order the AdderNet maintainers describe (`AdderUnit`). Both switches can be
+An adder layer is thus adder -> BN -> + x -> ReLU -> power activation, every one of them
+(also where the CNN's conv has no ReLU): the order the AdderNet maintainers give
+(huawei-noah/AdderNet issues #52 and #67, `AdderUnit`). Both switches can be
 turned off for the paper's ablation. The CNN variants are VDSR and EDSR as published: 3x3
 convolutions with biases, no BN.
 
@@ -89,12 +90,14 @@ class PowerActivation(nn.Module):
 
 class AdderUnit(nn.Module):
     """One inner layer of an SR network: a 3x3 adder layer (adder -> BN -> + x -> ReLU ->
-    power activation, each optional) or, for the CNN, a 3x3 conv with bias (-> ReLU).
+    power activation; the shortcut and the power activation optional) or, for the CNN, a
+    3x3 conv with bias (-> ReLU where `relu`).
 
     Attributes:
       features: output channels (equal to the input's when `self_shortcut`).
       adder: an adder layer (AdderSR) or a convolution (the CNN).
-      relu: a ReLU after the layer (where the CNN has one).
+      relu: a ReLU after the CNN's conv (where the published CNN has one); an adder layer
+        always has its ReLU.
       self_shortcut, power_activation: AdderSR's two additions (adder layers only).
       train: batch statistics (True) or running averages (False) in BN.
       layer_kwargs: passed to `adderjax.nn.AdderConv` (input_grad, implementation, ...).
@@ -130,8 +133,7 @@ class AdderUnit(nn.Module):
                     f"{x.shape[-1]} -> {self.features}"
                 )
             y = y + x
-        if self.relu:
-            y = nn.relu(y)
+        y = nn.relu(y)
         if self.power_activation:
             y = PowerActivation(name="power")(y)
         return y

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adderjax import count_ops, sr_models
+from adderjax import adder_conv, count_ops, sr_models
 from train import sr_metrics
 
 
@@ -56,15 +56,21 @@ def test_adder_sr_layers_and_switches():
     assert set(bare["params"]["block_1_unit2"]) == {"adder", "bn"}
 
 
-def test_self_shortcut_adds_the_input():
+def test_self_shortcut_adds_the_input_before_the_relu():
     x = jax.random.normal(jax.random.key(1), (2, 6, 6, 4))
-    kw = dict(features=4, relu=False, power_activation=False)
+    kw = dict(features=4, power_activation=False)
     with_shortcut = sr_models.AdderUnit(**kw)
     variables = with_shortcut.init(jax.random.key(0), x)
     without = sr_models.AdderUnit(**kw, self_shortcut=False)
-    np.testing.assert_allclose(
-        with_shortcut.apply(variables, x) - without.apply(variables, x), x, atol=1e-5
-    )
+    # BN (at init: the identity on running statistics 0 and 1, up to eps) of the adder
+    # output, plus x, then ReLU; with relu=False it is the same (adder layers keep theirs).
+    bn = jnp.sqrt(1 + 1e-5)
+    adder_out = (without.apply(variables, x), with_shortcut.apply(variables, x))
+    pre = sr_models.AdderUnit(**kw, relu=False).apply(variables, x)
+    np.testing.assert_array_equal(pre, adder_out[1])
+    assert float(jnp.min(adder_out[0])) == 0.0  # -|x - w| / bn <= 0: all cut by the ReLU
+    raw = adder_conv(x, variables["params"]["adder"]["adder"]) / bn
+    np.testing.assert_allclose(adder_out[1], jnp.maximum(raw + x, 0), atol=1e-5)
     with pytest.raises(ValueError, match="as many input as output channels"):
         sr_models.AdderUnit(features=5).init(jax.random.key(0), x)
 
