@@ -1,5 +1,5 @@
 """The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md and
-docs/distillation.md."""
+docs/distillation.md and docs/super_resolution.md."""
 
 import pathlib
 import re
@@ -9,7 +9,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 def test_docs_python_blocks_run():
     namespace = {}
-    for name in ("op.md", "scaling.md", "distillation.md"):
+    for name in ("op.md", "scaling.md", "distillation.md", "super_resolution.md"):
         path = DOCS / name
         blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
         assert blocks, name
@@ -21,6 +21,7 @@ def test_docs_python_blocks_run():
     assert namespace["ops_count"].multiplications == 0
     assert namespace["y_mesh"].shape == (8, 32, 32, 32)
     assert abs(float(namespace["k_a"][0, 1]) - 0.1353) < 1e-4 and float(namespace["kd"]) == 0
+    assert 10 < namespace["bicubic_psnr"] < 30 and 0 < namespace["bicubic_ssim"] < 1
 
 
 def test_every_doc_link_resolves():

@@ -28,6 +28,11 @@ def quiet_logs() -> None:
     without it only warnings are logged (absl.app would otherwise raise it to INFO)."""
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)
+        # orbax warns at every checkpoint saved between evaluations (it has no metric to
+        # rank it by); the loop means it (`train.loop.run`), so it is not news.
+        logging.get_absl_logger().addFilter(
+            lambda record: "Requested `tracked_metric`" not in record.getMessage()
+        )
 
 
 def define_distributed_flags() -> None:
