@@ -32,7 +32,6 @@ from train import classification, config_checks, data_sources, model_state, sche
 from train.model_state import TrainState
 
 __all__ = [
-    "MODES",
     "NETWORKS",
     "DistillState",
     "Settings",
@@ -53,7 +52,6 @@ __all__ = [
     "with_teacher",
 ]
 
-MODES = config_checks.DISTILL_MODES
 NETWORKS = ("student", "teacher")
 
 
