@@ -240,6 +240,10 @@ class EDSR(_SRBase):
 
     num_blocks: int = 16
     res_scale: float = 1.0
+    # The pixel range the network works in (EDSR's --rgb_range): 255 as EDSR's baseline;
+    # 1 keeps the features near the unit scale of BN, where AdderSR's self-shortcuts add
+    # commensurate terms.
+    rgb_range: float = 255.0
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:
@@ -247,7 +251,8 @@ class EDSR(_SRBase):
         if self.num_blocks < 1:
             raise ValueError(f"EDSR needs num_blocks >= 1, got num_blocks={self.num_blocks}")
         mean = _mean(self.dtype)
-        x = jnp.asarray(x, self.dtype) - mean
+        to_range = self.rgb_range / 255
+        x = (jnp.asarray(x, self.dtype) - mean) * to_range
         head = self.conv(self.features, x.shape[-1], "head")(x)
         unit = self.unit(train)
         z = head
@@ -261,7 +266,7 @@ class EDSR(_SRBase):
             z = pixel_shuffle(
                 self.conv(self.features * r * r, self.features, f"upsample_{j}")(z), r
             )
-        out = self.conv(x.shape[-1], self.features, "tail")(z) + mean
+        out = self.conv(x.shape[-1], self.features, "tail")(z) / to_range + mean
         return out.astype(jnp.float32)
 
 

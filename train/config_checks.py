@@ -166,8 +166,9 @@ def validate_sr(config: ml_collections.ConfigDict, *, device_count: int) -> None
     _at_least(config, "features", 1, integer=True)
     _at_least(config, "num_blocks", 1, integer=True)
     _at_least(config, "depth", 3, integer=True)
-    if not _number(config, "res_scale") > 0:
-        raise _bad("res_scale", config.res_scale, "a number > 0")
+    for key in ("res_scale", "rgb_range"):
+        if not _number(config, key) > 0:
+            raise _bad(key, config[key], "a number > 0")
     _check_run(config, device_count, batch_keys=("batch_size",))
     for key in ("train_data", "eval_data"):
         if not isinstance(config[key], str) or not config[key].strip(","):

@@ -60,6 +60,7 @@ RESUME_KEYS = (
     "num_blocks",
     "depth",
     "dtype",
+    "rgb_range",
 )
 
 
@@ -77,7 +78,9 @@ def create_model(config: ml_collections.ConfigDict):
         interpret=config.interpret,
     )
     if config.model == "edsr":
-        kwargs.update(num_blocks=config.num_blocks, res_scale=config.res_scale)
+        kwargs.update(
+            num_blocks=config.num_blocks, res_scale=config.res_scale, rgb_range=config.rgb_range
+        )
     else:
         kwargs.update(depth=config.depth)
     return sr_models.get_sr_model(config.model, **kwargs)
