@@ -25,6 +25,7 @@ __all__ = [
     "AUGMENTATIONS",
     "EvalBatches",
     "eval_batches",
+    "global_order_loader",
     "config_eval_batches",
     "config_train_loader",
     "local_batch_size",
@@ -222,6 +223,31 @@ def train_loader(
       A `grain.python.DataLoader`; `iter()` of it yields {"image": uint8 (B, H, W, C),
       "label": int32 (B,)} and has `get_state()` / `set_state()` for exact resume.
     """
+    operations = [_Record(), *_train_transforms(augment, image_size)]
+    return global_order_loader(
+        source,
+        operations,
+        batch_size=batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        worker_count=worker_count,
+    )
+
+
+def global_order_loader(
+    source,
+    operations: list,
+    *,
+    batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    worker_count: int = 0,
+) -> grain.DataLoader:
+    """An endless grain loader of `source` in `GlobalOrderSampler`'s order, each record
+    through `operations` (with its own seeded rng), batched `batch_size` (this host's
+    share) at a time; what every task's training loader is built on."""
     sampler = GlobalOrderSampler(
         num_records=len(source),
         seed=seed,
@@ -229,15 +255,10 @@ def train_loader(
         process_index=process_index,
         process_count=process_count,
     )
-    operations = [
-        _Record(),
-        *_train_transforms(augment, image_size),
-        grain.Batch(batch_size, drop_remainder=True),
-    ]
     return grain.DataLoader(
         data_source=source,
         sampler=sampler,
-        operations=operations,
+        operations=[*operations, grain.Batch(batch_size, drop_remainder=True)],
         worker_count=worker_count,
         # The sampler already picks this host's rows.
         shard_options=grain.NoSharding(),

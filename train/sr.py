@@ -50,15 +50,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     workdir = pathlib.Path(workdir).absolute()
     config_checks.validate_sr(config, device_count=jax.device_count())
     mesh = sharding.make_mesh(config.fsdp_size)
-    train_sources = [
-        sr_data.open_hr(spec, "train", data_dir=config.data_dir)
-        for spec in _specs(config.train_data)
-    ]
-    if len(train_sources) != 1:
+    train_specs = _specs(config.train_data)
+    if len(train_specs) != 1:  # checked before any folder is read
         raise config_checks.ConfigError(
             f"config.train_data={config.train_data!r} is invalid: expected one folder or tfds:NAME"
         )
-    pairs = sr_data.SRPairs(train_sources[0], config.scale)
+    train_source = sr_data.open_hr(train_specs[0], "train", data_dir=config.data_dir)
+    pairs = sr_data.SRPairs(train_source, config.scale)
     sets = sr_data.eval_sets(_specs(config.eval_data), config.scale, data_dir=config.data_dir)
     steps_per_epoch, total_steps = loop.step_counts(config, len(pairs) * config.repeat)
     built = super_resolution.build(config, steps_per_epoch=steps_per_epoch, mesh=mesh)

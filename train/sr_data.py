@@ -226,24 +226,14 @@ def train_loader(
 ) -> grain.DataLoader:
     """An endless loader of this host's {"lr": (b, p, p, 3), "hr": (b, s p, s p, 3)} uint8
     batches (b = `batch_size`, this host's share); `get_state()` / `set_state()` resume it."""
-    source = _Repeated(pairs, repeat)
-    sampler = input_pipeline.GlobalOrderSampler(
-        num_records=len(source),
+    return input_pipeline.global_order_loader(
+        _Repeated(pairs, repeat),
+        [RandomPatch(patch_size, pairs.scale, augment)],
+        batch_size=batch_size,
         seed=seed,
-        local_batch_size=batch_size,
         process_index=process_index,
         process_count=process_count,
-    )
-    operations = [
-        RandomPatch(patch_size, pairs.scale, augment),
-        grain.Batch(batch_size, drop_remainder=True),
-    ]
-    return grain.DataLoader(
-        data_source=source,
-        sampler=sampler,
-        operations=operations,
         worker_count=worker_count,
-        shard_options=grain.NoSharding(),
     )
 
 
