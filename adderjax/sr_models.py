@@ -11,10 +11,13 @@ multiplicative and makes every inner convolution an adder layer, with two additi
 * a learnable **power activation** ``sign(y) |y| ** alpha`` after each adder layer
   (`PowerActivation`), to bring back the high frequencies that the l1 distance flattens.
 
-An adder layer is thus adder -> BN -> + x -> ReLU -> power activation, every one of them
-(also where the CNN's conv has no ReLU): the order the AdderNet maintainers give
-(huawei-noah/AdderNet issues #52 and #67, `AdderUnit`). Both switches can be
-turned off for the paper's ablation. The CNN variants are VDSR and EDSR as published: 3x3
+An adder layer is thus adder -> BN -> + x -> ReLU -> power activation: the order the
+AdderNet maintainers give (huawei-noah/AdderNet issues #52 and #67, `AdderUnit`), with the
+ReLU where the CNN's conv has one (VDSR's every inner layer, the first conv of EDSR's blocks):
+a ReLU after ``+ x`` where the CNN has none (the second conv of EDSR's blocks, its body's end)
+would clip the negative half of the identity the shortcut carries, at every layer (measured:
+0.9 dB lower after 500 steps, docs/super_resolution.md). Both switches can be turned off
+for the paper's ablation. The CNN variants are VDSR and EDSR as published: 3x3
 convolutions with biases, no BN.
 
 Both networks take RGB images in [0, 255] (N, h, w, 3) and return (N, s h, s w, 3) in
@@ -96,8 +99,8 @@ class AdderUnit(nn.Module):
     Attributes:
       features: output channels (equal to the input's when `self_shortcut`).
       adder: an adder layer (AdderSR) or a convolution (the CNN).
-      relu: a ReLU after the CNN's conv (where the published CNN has one); an adder layer
-        always has its ReLU.
+      relu: a ReLU after the layer (where the published CNN has one), after the shortcut in
+        an adder layer.
       self_shortcut, power_activation: AdderSR's two additions (adder layers only).
       train: batch statistics (True) or running averages (False) in BN.
       layer_kwargs: passed to `adderjax.nn.AdderConv` (input_grad, implementation, ...).
@@ -133,7 +136,8 @@ class AdderUnit(nn.Module):
                     f"{x.shape[-1]} -> {self.features}"
                 )
             y = y + x
-        y = nn.relu(y)
+        if self.relu:
+            y = nn.relu(y)
         if self.power_activation:
             y = PowerActivation(name="power")(y)
         return y
@@ -239,11 +243,24 @@ class EDSR(_SRBase):
     """
 
     num_blocks: int = 16
-    res_scale: float = 1.0
+    # The blocks' residual scaling: None is 0.1 for AdderSR with self-shortcuts and 1 (the
+    # EDSR baseline's) otherwise. With a self-shortcut in both of a block's adder layers the
+    # block's branch already carries its input, so its output is about (1 + res_scale) times
+    # the input: 1 would double the features in every block (2^16 in 16 blocks) and bury the
+    # unit-scale BN terms (measured: 31.5 dB against 34.7 dB with 0.1 after 500 steps,
+    # docs/super_resolution.md); 0.1 is EDSR's own value for its large model.
+    res_scale: float | None = None
     # The pixel range the network works in (EDSR's --rgb_range): 255 as EDSR's baseline;
     # 1 keeps the features near the unit scale of BN, where AdderSR's self-shortcuts add
     # commensurate terms.
     rgb_range: float = 255.0
+
+    @property
+    def block_scale(self) -> float:
+        """`res_scale`, or its default where None."""
+        if self.res_scale is not None:
+            return self.res_scale
+        return 0.1 if self.adder and self.self_shortcut else 1.0
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:
@@ -259,7 +276,7 @@ class EDSR(_SRBase):
         for i in range(self.num_blocks):
             y = unit(relu=True, name=f"block_{i}_unit1")(z, p=p)
             y = unit(relu=False, name=f"block_{i}_unit2")(y, p=p)
-            z = z + self.res_scale * y
+            z = z + self.block_scale * y
         z = unit(relu=False, name="body_end")(z, p=p) + head
         stages = (2, 2) if self.scale == 4 else (self.scale,)
         for j, r in enumerate(stages):

@@ -63,16 +63,35 @@ def test_self_shortcut_adds_the_input_before_the_relu():
     variables = with_shortcut.init(jax.random.key(0), x)
     without = sr_models.AdderUnit(**kw, self_shortcut=False)
     # BN (at init: the identity on running statistics 0 and 1, up to eps) of the adder
-    # output, plus x, then ReLU; with relu=False it is the same (adder layers keep theirs).
+    # output, plus x, then ReLU; with relu=False (where the CNN's conv has none) no ReLU, so
+    # the identity's negative half passes.
     bn = jnp.sqrt(1 + 1e-5)
     adder_out = (without.apply(variables, x), with_shortcut.apply(variables, x))
     pre = sr_models.AdderUnit(**kw, relu=False).apply(variables, x)
-    np.testing.assert_array_equal(pre, adder_out[1])
     assert float(jnp.min(adder_out[0])) == 0.0  # -|x - w| / bn <= 0: all cut by the ReLU
     raw = adder_conv(x, variables["params"]["adder"]["adder"]) / bn
     np.testing.assert_allclose(adder_out[1], jnp.maximum(raw + x, 0), atol=1e-5)
+    np.testing.assert_allclose(pre, raw + x, atol=1e-5)
+    assert float(jnp.min(pre)) < 0
     with pytest.raises(ValueError, match="as many input as output channels"):
         sr_models.AdderUnit(features=5).init(jax.random.key(0), x)
+
+
+def test_edsr_block_scale_defaults():
+    # 0.1 where both adder layers of a block carry their input (the block would double it),
+    # EDSR's 1 otherwise; an explicit res_scale wins.
+    assert sr_models.EDSR().block_scale == 0.1
+    assert sr_models.EDSR(self_shortcut=False).block_scale == 1.0
+    assert sr_models.EDSR(adder=False).block_scale == 1.0
+    assert sr_models.EDSR(res_scale=0.5).block_scale == 0.5
+    x = jnp.full((1, 8, 8, 3), 100.0)
+    model = sr_models.EDSR(num_blocks=1, features=8, power_activation=False)
+    variables = _init(model, x)
+    out = {
+        r: model.clone(res_scale=r).apply(variables, x, train=False) for r in (None, 0.1, 1.0)
+    }
+    np.testing.assert_array_equal(out[None], out[0.1])
+    assert not np.allclose(out[0.1], out[1.0])
 
 
 def test_power_activation():

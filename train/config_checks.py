@@ -167,6 +167,8 @@ def validate_sr(config: ml_collections.ConfigDict, *, device_count: int) -> None
     _at_least(config, "num_blocks", 1, integer=True)
     _at_least(config, "depth", 3, integer=True)
     for key in ("res_scale", "rgb_range"):
+        if key == "res_scale" and config[key] is None:
+            continue  # the model's default
         if not _number(config, key) > 0:
             raise _bad(key, config[key], "a number > 0")
     _check_run(config, device_count, batch_keys=("batch_size",))

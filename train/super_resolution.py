@@ -61,6 +61,7 @@ RESUME_KEYS = (
     "depth",
     "dtype",
     "rgb_range",
+    "res_scale",
 )
 
 

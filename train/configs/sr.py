@@ -40,7 +40,8 @@ def get_config(arg: str = "edsr,2") -> ml_collections.ConfigDict:
     config.features = 64
     config.num_blocks = 16  # EDSR's residual blocks (the baseline)
     config.depth = 20  # VDSR's layers
-    config.res_scale = 1.0  # EDSR's residual scaling (0.1 for its 256-channel variant)
+    # EDSR's residual scaling; None: 0.1 for AdderSR with self-shortcuts, else 1 (`EDSR`).
+    config.res_scale = config_dict.placeholder(float)
     config.rgb_range = 255.0  # EDSR's pixel range inside the network (255 or 1)
     config.input_grad = "hardtanh"
     config.filter_grad = "full_precision"
