@@ -214,11 +214,13 @@ def run(args) -> dict:
 
 
 def table(results: dict) -> str:
+    """Markdown: mean ± std (best seed) training accuracy, in %, per task, n and network."""
     lines = ["| task | n | FC network | AdderNet |", "|---|---|---|---|"]
     for task, nets in results.items():
-        for n in sorted(nets["fc"]):
+        for n in sorted(nets["fc"], key=int):
             cells = [
-                f"{100 * nets[net][n]['mean']:.1f} ± {100 * nets[net][n]['std']:.1f}"
+                f"{100 * nets[net][n]['mean']:.1f} ± {100 * nets[net][n]['std']:.1f} "
+                f"({100 * nets[net][n]['max']:.1f})"
                 for net in NETS
             ]
             lines.append(f"| {task} | {n} | {cells[0]} | {cells[1]} |")

@@ -37,7 +37,9 @@ def test_tasks_follow_the_equations():
 def test_adder_layer_is_the_normalised_negative_l1_distance():
     x = jnp.array([[0.0, 0.0], [1.0, 2.0], [-3.0, 1.0]])
     params = approximation.init("adder", 1, approximation.jax.random.key(0))
-    params = dict(params, w1=jnp.array([[1.0], [-1.0]]), a1=jnp.array([[2.0]]), b1=jnp.array([[0.5]]))
+    params = dict(
+        params, w1=jnp.array([[1.0], [-1.0]]), a1=jnp.array([[2.0]]), b1=jnp.array([[0.5]])
+    )
     d = -np.array([2.0, 3.0, 6.0])  # -|x - (1, -1)|_1 by hand
     expected = 2.0 * (d - d.mean()) / np.sqrt(d.var() + approximation.EPS) + 0.5
     out = approximation.logits("adder", params, x, x)

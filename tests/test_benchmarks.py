@@ -91,8 +91,11 @@ def test_paper_tables_overrides_are_valid_configs():
     from train import config_checks
     from train.configs import mnist
 
-    runs = _load_paper_tables()._runs()
-    assert len(runs) == 11  # the CNN, 5 etas, 5 more ablation rows (one shares eta 0.2)
+    module = _load_paper_tables()
+    runs = module._runs(8)
+    # The CNN, 5 etas, 5 more ablation rows (one shares eta 0.2); the journal's Table 4 adds
+    # its 4 l2-to-l1 rows (its p = 1 rows are the ablation's), Table 6 4 more decay epochs.
+    assert len(runs) == 19
     for overrides in runs.values():
         config = mnist.get_config()
         for flag in overrides:
@@ -106,6 +109,14 @@ def test_paper_tables_overrides_are_valid_configs():
         "--config.input_grad=lp",
         "--config.adaptive_lr=False",
     ]
+    # v2: p from 2 to 1 over 6 of 8 epochs (the journal's 600 of 800); Table 6: 3..7 of 8.
+    assert runs["adder_fp_l2l1e6_alr"][-3:] == [
+        "--config.p_init=2.0",
+        "--config.p_final=1.0",
+        "--config.p_decay_epochs=6",
+    ]
+    assert [f"adder_fp_l2l1e{e}_alr" in runs for e in range(2, 9)] == [0, 1, 1, 1, 1, 1, 0]
+    assert module.decay_epochs(0.375, 2) == 1 and module.decay_epochs(0.1, 2) == 1
 
 
 def test_paper_tables_reads_finished_runs_without_running_them(tmp_path):
@@ -114,7 +125,7 @@ def test_paper_tables_reads_finished_runs_without_running_them(tmp_path):
     import json
 
     module = _load_paper_tables()
-    names = module._runs()
+    names = module._runs(1)
     args = argparse.Namespace(epochs=1, dataset="fashion_mnist", data_dir=None)
     for i, (name, overrides) in enumerate(names.items()):
         (tmp_path / name).mkdir()
@@ -140,6 +151,12 @@ def test_paper_tables_reads_finished_runs_without_running_them(tmp_path):
     assert "| `--config.adder=False` | 50.00 | 90.00 | 0.250 | 12 |" in proc.stdout
     assert "| 0.05 | 51.00 | 90.00 | 0.250 | 12 |" in proc.stdout
     assert "| no | no | no | 60.00 | 90.00 | 0.250 | 12 |" in proc.stdout
+    # The journal's tables: its rows with p = 1 are the ablation's runs, its values beside.
+    cvpr, journal = proc.stdout.split("Journal Table 4")
+    sign_ht_sgd = next(line for line in cvpr.splitlines() if line.startswith("| no | yes | no |"))
+    assert sign_ht_sgd.replace("| no | yes | no |", "| no | no | no |") in journal
+    assert "| 1 | 600 | 92.31 |" in journal and "(none: 80.77, all: 92.32)" in journal
+    assert (tmp_path / "fig6.png").stat().st_size > 10_000
     # The same workdirs asked for with other settings: refused before anything runs.
     proc = subprocess.run(
         [sys.executable, str(BENCH / "paper_tables.py"), f"--root={tmp_path}", "--epochs=2"],

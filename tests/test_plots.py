@@ -68,6 +68,16 @@ def test_plot_curves_sparse(tmp_path, metrics, panels):
     assert png_size(path)[0] == panels * 450
 
 
+def test_compare_curves(tmp_path):
+    path = tmp_path / "fig6.png"
+    plots.compare_curves({"v1": history(40, 10), "v2": history(40, 20)}, path, "v1 and v2")
+    assert png_size(path) == (950, 360)
+    # One run without eval records and one with nothing still draws (the panel says so).
+    train_only = [r for r in history(10, 5) if r["split"] == "train"]
+    plots.compare_curves({"a": train_only, "b": []}, tmp_path / "sparse.png")
+    assert png_size(tmp_path / "sparse.png") == (950, 360)
+
+
 def test_global_matplotlib_state_untouched(tmp_path):
     backend = matplotlib.get_backend()
     rc = dict(matplotlib.rcParams)

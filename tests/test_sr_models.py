@@ -87,9 +87,7 @@ def test_edsr_block_scale_defaults():
     x = jnp.full((1, 8, 8, 3), 100.0)
     model = sr_models.EDSR(num_blocks=1, features=8, power_activation=False)
     variables = _init(model, x)
-    out = {
-        r: model.clone(res_scale=r).apply(variables, x, train=False) for r in (None, 0.1, 1.0)
-    }
+    out = {r: model.clone(res_scale=r).apply(variables, x, train=False) for r in (None, 0.1, 1.0)}
     np.testing.assert_array_equal(out[None], out[0.1])
     assert not np.allclose(out[0.1], out[1.0])
 

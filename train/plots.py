@@ -114,6 +114,37 @@ def plot_curves(metrics: Sequence[Mapping[str, Any]], path: str | os.PathLike) -
     save_figure(fig, path)
 
 
+def compare_curves(
+    runs: Mapping[str, Sequence[Mapping[str, Any]]], path: str | os.PathLike, title: str = ""
+) -> None:
+    """Plots the eval top-1 and the train loss of several runs side by side (the journal
+    paper's Fig. 6 layout), one line per run labelled by its key in `runs`.
+
+    A run that logged neither is left out of that panel; with nothing to plot the panel
+    says so.
+    """
+    fig = Figure(figsize=(9.5, 3.6), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, (split, names, what) in zip(
+        axes, (("eval", _TOP1, "eval top-1"), ("train", _LOSS, "train loss")), strict=True
+    ):
+        drawn = 0
+        for label, metrics in runs.items():
+            if series := _series(metrics, split, names):
+                _line(ax, series, label)
+                drawn += 1
+        if not drawn:
+            ax.text(0.5, 0.5, f"no {what} to plot", ha="center", va="center")
+        ax.set_title(what)
+        ax.set_xlabel("step")
+        ax.grid(True, alpha=0.3)
+        if drawn > 1:
+            ax.legend(fontsize="small")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+
+
 def _walk(tree: Any, path: tuple[str, ...] = ()):
     """Yields (path, leaf) for the leaves of nested mappings (dicts, FrozenDicts)."""
     if isinstance(tree, Mapping):
