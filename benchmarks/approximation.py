@@ -98,22 +98,27 @@ def init(net: str, n: int, key: jax.Array) -> dict:
     raise ValueError(f"net must be one of {', '.join(NETS)}, got {net!r}")
 
 
-def _adder_bn(x, w, a, b, reference):
-    """``a * (d - mean) / std + b`` of the adder output d, statistics from `reference`."""
-    d, d_ref = adder_dense(x, w), adder_dense(reference, w)
+def _normalise(d, d_ref, a, b):
+    """``a * (d - mean) / std + b``, the statistics those of `d_ref`."""
     mean, var = d_ref.mean(0, keepdims=True), d_ref.var(0, keepdims=True)
     return a * (d - mean) * jax.lax.rsqrt(var + EPS) + b
 
 
-def logits(net: str, params: dict, x: jax.Array, reference: jax.Array) -> jax.Array:
-    """The network's output before the sigmoid, ``(m,)``; `reference` (the training set)
-    gives the adder net's normalisation statistics."""
+def logits(net: str, params: dict, x: jax.Array, reference: jax.Array | None = None):
+    """The network's output before the sigmoid, ``(m,)``. The adder net normalises with the
+    statistics of `reference` (the training set), or of `x` itself where None (training,
+    where each adder output is then computed once)."""
     if net == "fc":
         h = jax.nn.relu(x @ params["w1"] + params["b1"])
         return (h @ params["w2"] + params["b2"])[:, 0]
-    h = jax.nn.relu(_adder_bn(x, params["w1"], params["a1"], params["b1"], reference))
-    h_ref = jax.nn.relu(_adder_bn(reference, params["w1"], params["a1"], params["b1"], reference))
-    return _adder_bn(h, params["w2"], params["a2"], params["b2"], h_ref)[:, 0]
+    own = reference is None
+    d1 = adder_dense(x, params["w1"])
+    d1_ref = d1 if own else adder_dense(reference, params["w1"])
+    h = jax.nn.relu(_normalise(d1, d1_ref, params["a1"], params["b1"]))
+    h_ref = h if own else jax.nn.relu(_normalise(d1_ref, d1_ref, params["a1"], params["b1"]))
+    d2 = adder_dense(h, params["w2"])
+    d2_ref = d2 if own else adder_dense(h_ref, params["w2"])
+    return _normalise(d2, d2_ref, params["a2"], params["b2"])[:, 0]
 
 
 def optimizer(steps: int, lr: float) -> optax.GradientTransformation:
@@ -132,7 +137,7 @@ def train(net: str, n: int, x, z, seeds: int, steps: int, lr: float = 0.1):
     opt = optimizer(steps, lr)
 
     def loss(params):
-        return optax.sigmoid_binary_cross_entropy(logits(net, params, x, x), z).mean()
+        return optax.sigmoid_binary_cross_entropy(logits(net, params, x), z).mean()
 
     def one(key):
         params = init(net, n, key)
@@ -144,7 +149,7 @@ def train(net: str, n: int, x, z, seeds: int, steps: int, lr: float = 0.1):
             return (optax.apply_updates(params, updates), state), None
 
         (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
-        accuracy = ((logits(net, params, x, x) > 0) == (z > 0.5)).mean()
+        accuracy = ((logits(net, params, x) > 0) == (z > 0.5)).mean()
         return params, accuracy
 
     keys = jax.random.split(jax.random.key(0), seeds)
