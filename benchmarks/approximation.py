@@ -169,7 +169,7 @@ def plot(path: pathlib.Path, task: str, x, z, maps: dict, scores: dict, extent: 
     from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
     from matplotlib.figure import Figure  # noqa: PLC0415 (only when plotting)
 
-    widths = WIDTHS[task]
+    widths = list(maps[NETS[0]])
     fig = Figure(figsize=(2.2 * (1 + len(widths)), 4.6))
     FigureCanvasAgg(fig)
     axes = fig.subplots(2, 1 + len(widths), squeeze=False)
@@ -201,7 +201,7 @@ def run(args) -> dict:
         results[task], maps = {}, {}
         for net in NETS:
             results[task][net], maps[net] = {}, {}
-            for n in WIDTHS[task]:
+            for n in args.widths or WIDTHS[task]:
                 start = time.perf_counter()
                 params, accuracy = train(net, n, x, z, args.seeds, args.steps, args.lr)
                 accuracy = np.asarray(accuracy, dtype=np.float64)
@@ -241,8 +241,16 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--data_seed", type=int, default=0)
+    parser.add_argument(
+        "--widths", default="", help="hidden units n for every task, e.g. 1,3 (default: "
+        + "; ".join(f"{t} {','.join(map(str, w))}" for t, w in WIDTHS.items()) + ")",
+    )
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
+    widths = [n.strip() for n in args.widths.split(",") if n.strip()]
+    if not all(n.isdigit() and int(n) >= 1 for n in widths):
+        parser.error(f"--widths must be positive integers separated by commas, got {args.widths!r}")
+    args.widths = [int(n) for n in widths]
     args.tasks = [t for t in args.tasks.split(",") if t]
     bad = [t for t in args.tasks if t not in TASKS]
     if bad or not args.tasks:

@@ -62,10 +62,11 @@ def test_one_adder_unit_classifies_the_ball_and_one_relu_unit_cannot():
     assert (np.asarray(fc) < 0.9).all()
 
 
+@pytest.mark.slow
 def test_program_writes_results_and_figures(tmp_path):
     result = subprocess.run(
         [sys.executable, approximation.__file__, "--out", str(tmp_path), "--tasks", "ball",
-         "--steps", "50", "--seeds", "2", "--points", "200"],
+         "--steps", "50", "--seeds", "2", "--points", "200", "--widths", "1,3"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -74,17 +75,23 @@ def test_program_writes_results_and_figures(tmp_path):
     for task, nets in results.items():
         assert set(nets) == {"fc", "adder"}
         for net in nets.values():
-            assert set(net) == {str(n) for n in approximation.WIDTHS[task]}
+            assert set(net) == {"1", "3"}
             for cell in net.values():
                 assert len(cell["per_seed"]) == 2 and cell["min"] <= cell["mean"] <= cell["max"]
         assert (tmp_path / f"{task}.png").stat().st_size > 10_000
     assert "| ball | 1 |" in result.stdout
 
 
-def test_program_refuses_an_unknown_task(tmp_path):
-    result = subprocess.run(
-        [sys.executable, approximation.__file__, "--out", str(tmp_path), "--tasks", "ball,moons"],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    assert result.returncode == 2
-    assert "--tasks must name some of ball, two_balls, xy, got ['moons']" in result.stderr
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--tasks", "ball,moons", "--tasks must name some of ball, two_balls, xy, got ['moons']"),
+        ("--widths", "1,0", "--widths must be positive integers separated by commas, got '1,0'"),
+        ("--steps", "0", "--steps must be >= 1, got 0"),
+    ],
+)
+def test_program_refuses_bad_arguments(tmp_path, capsys, flag, value, message):
+    with pytest.raises(SystemExit) as exit_info:
+        approximation.parse(["--out", str(tmp_path), flag, value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -50,6 +50,7 @@ def test_roofline_table_matches_the_kernel_docstring():
         assert row.groups() == (terms, fwd, dx, dw, total), name
 
 
+@pytest.mark.slow
 def test_scaling_prints_a_row_per_device_count():
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     result = subprocess.run(

@@ -48,6 +48,7 @@ def pkkd_run(idx_dir, tmp_path_factory):
     return workdir, train.train_and_evaluate(_config(idx_dir), workdir)
 
 
+@pytest.mark.slow
 def test_pkkd_trains_both_networks(pkkd_run):
     workdir, result = pkkd_run
     assert result["step"] == 8 and result["count"] == 20
@@ -97,6 +98,7 @@ def test_resume_continues_both_networks_exactly(idx_dir, tmp_path):
     jax.tree.map(np.testing.assert_array_equal, a, b)
 
 
+@pytest.mark.slow
 def test_kd_from_a_finished_teacher(idx_dir, tmp_path):
     """distill="kd": the teacher is the finished CNN run's newest checkpoint, and stays it;
     with distill_features="none" only the logits are distilled."""
@@ -138,6 +140,7 @@ def _cifar_config(data_dir, data_format):
     )
 
 
+@pytest.mark.slow
 def test_cifar_pickle_files(tmp_path):
     """CIFAR-10 pickles, 32x32x3 inputs; plain features at two chosen layers."""
     data = datafiles.write_cifar10_dir(tmp_path / "data", num_train=32, num_test=8)

@@ -113,6 +113,7 @@ def test_xla_path_lowers_without_triton():
     assert _cuda_kernels(lambda x, w, p, g: jax.vjp(op, x, w, p)[1](g), x, w, p, g) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs the triton package")
 def test_kernels_compile_to_sm90_cubins_without_spills(tmp_path):
     """Every distinct kernel of every layer, compiled by Triton for an H100 (sm_90) offline.
