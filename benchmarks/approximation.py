@@ -242,8 +242,11 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--points", type=int, default=1000)
     parser.add_argument("--data_seed", type=int, default=0)
     parser.add_argument(
-        "--widths", default="", help="hidden units n for every task, e.g. 1,3 (default: "
-        + "; ".join(f"{t} {','.join(map(str, w))}" for t, w in WIDTHS.items()) + ")",
+        "--widths",
+        default="",
+        help="hidden units n for every task, e.g. 1,3 (default: "
+        + "; ".join(f"{t} {','.join(map(str, w))}" for t, w in WIDTHS.items())
+        + ")",
     )
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
