@@ -18,7 +18,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import CACHE_DIR
+from conftest import CACHE_DIR, XLA_FLAGS
 
 from train import checkpointing
 
@@ -33,7 +33,7 @@ RTOL = 1e-3
 
 def _env():
     env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
+    env["XLA_FLAGS"] = XLA_FLAGS  # not the caller's device count: mesh_run sets its own
     env["JAX_COMPILATION_CACHE_DIR"] = CACHE_DIR
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.5"
     return env
@@ -140,7 +140,7 @@ def test_two_processes_match_one(one_device, data, tmp_path):
     CPU devices each, joined by jax.distributed (gloo collectives) over loopback."""
     port = _free_port()
     workdir = tmp_path / "w"
-    env = {**_env(), "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**_env(), "XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count=2"}
     args = [
         f"--workdir={workdir}",
         f"--config.data_dir={data}",

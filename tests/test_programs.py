@@ -14,7 +14,7 @@ import sys
 
 import datafiles
 import pytest
-from conftest import CACHE_DIR
+from conftest import CACHE_DIR, XLA_FLAGS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -180,7 +180,7 @@ def test_missing_tfds_data_says_how_to_provide_it(tmp_path):
 def test_batch_not_divisible_by_the_device_count(tmp_path):
     proc = _run(
         ["train.mnist", f"--workdir={tmp_path}", "--config.batch_size=12"],
-        env={"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+        env={"XLA_FLAGS": f"{XLA_FLAGS} --xla_force_host_platform_device_count=8"},
     )
     _one_line_error(proc, "config.batch_size=12 is invalid: expected a multiple of the device")
 
