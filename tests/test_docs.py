@@ -30,3 +30,25 @@ def test_every_doc_link_resolves():
     for page in [root / "README.md", *DOCS.glob("*.md")]:
         for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
             assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+def _anchors(page: pathlib.Path) -> set[str]:
+    """GitHub's heading anchors of a markdown page: lower case, punctuation dropped, spaces
+    as hyphens, a repeated heading numbered -1, -2, ... (code blocks skipped)."""
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    anchors, seen = set(), {}
+    for heading in re.findall(r"^#{1,6} +(.+?) *$", text, re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        anchors.add(slug if count == 0 else f"{slug}-{count}")
+    return anchors
+
+
+def test_every_doc_anchor_resolves():
+    """Links with a #heading (to another page or within one) name a heading that exists."""
+    root = DOCS.parent
+    for page in [root / "README.md", *DOCS.glob("*.md")]:
+        for target, anchor in re.findall(r"\]\(([^)#:]*)#([^)]+)\)", page.read_text()):
+            linked = (page.parent / target) if target else page
+            assert anchor in _anchors(linked), f"{page.name}: {target}#{anchor}"
