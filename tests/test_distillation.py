@@ -120,6 +120,11 @@ def test_kd_from_a_finished_teacher(idx_dir, tmp_path):
     jax.tree.map(
         np.testing.assert_array_equal, state["teacher"]["batch_stats"], finished["batch_stats"]
     )
+    # Started again, the finished run restores its teacher with the rest of its state: the
+    # teacher run's stored config is checked, its arrays are not read.
+    (tmp_path / "cnn" / "checkpoints" / "4" / "state").rename(tmp_path / "cnn_state")
+    again = train.train_and_evaluate(config, tmp_path / "kd")
+    assert again["teacher"]["top1"] == cnn["top1"] and again["top1"] == result["top1"]
     # An AdderNet run is no teacher.
     bad = _config(idx_dir, distill="kd", teacher_workdir=str(tmp_path / "kd"))
     with pytest.raises(config_checks.ConfigError, match="the teacher must be the CNN"):

@@ -70,8 +70,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # Distillation is classification with a teacher: the same loop, another state and step.
     distilling = distillation.enabled(config)
     if distilling and config.distill == "kd":  # checked before anything is compiled
-        _, teacher_variables, saved = saved_models.load_model(config.teacher_workdir)
+        # From its stored config only: the variables are read in init(), when no checkpoint
+        # of this run already holds the teacher (a resume restores it with the rest).
+        teacher_mngr, teacher_step = saved_models.open_checkpoint(config.teacher_workdir)
+        saved = checkpointing.config_from_meta(checkpointing.read_meta(teacher_mngr, teacher_step))
+        teacher_mngr.close()
         distillation.check_teacher(saved, config)
+        teacher_checkpoint = checkpointing.checkpoint_dir(config.teacher_workdir) / str(
+            teacher_step
+        )
     task = distillation if distilling else classification
     build = distillation.build if distilling else model_state.build
     built = build(config, info, steps_per_epoch=steps_per_epoch, mesh=mesh)
@@ -113,7 +120,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
         def init():
             state = built.init(jax.random.key(config.seed))
-            if distilling and config.distill == "kd":
+            if distilling and config.distill == "kd":  # the step checked above
+                _, teacher_variables, _ = saved_models.load_model(checkpoint=teacher_checkpoint)
                 state = distillation.with_teacher(state, teacher_variables, built.shardings)
             return state
 
