@@ -84,6 +84,10 @@ def test_eval_and_load_model_give_either_network(pkkd_run):
     assert model.apply(variables, images, train=False).shape == (2, 10)
     model, variables, config = saved_models.load_model(str(workdir))
     assert config.adder is True and "adder" in variables["params"]["conv2"]
+    # The stored config alone, and the step it came from (the run's newest, step 8).
+    saved, checkpoint = saved_models.saved_config(str(workdir))
+    assert saved.to_dict() == config.to_dict()
+    assert checkpoint == workdir.absolute() / "checkpoints" / "8"
 
 
 def test_resume_continues_both_networks_exactly(idx_dir, tmp_path):

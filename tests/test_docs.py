@@ -1,6 +1,7 @@
 """The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md and
 docs/distillation.md and docs/super_resolution.md."""
 
+import functools
 import pathlib
 import re
 
@@ -32,6 +33,7 @@ def test_every_doc_link_resolves():
             assert (page.parent / target).exists(), f"{page.name}: {target}"
 
 
+@functools.cache
 def _anchors(page: pathlib.Path) -> set[str]:
     """GitHub's heading anchors of a markdown page: lower case, punctuation dropped, spaces
     as hyphens, a repeated heading numbered -1, -2, ... (code blocks skipped)."""

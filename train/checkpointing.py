@@ -46,6 +46,7 @@ __all__ = [
     "restore_latest",
     "restore_or_init",
     "save",
+    "step_dir",
     "verify",
 ]
 
@@ -144,10 +145,11 @@ def save(
     )
     mngr.wait_until_finished()
     if jax.process_index() == 0:
-        _write_manifest(_step_dir(mngr, step))
+        _write_manifest(step_dir(mngr, step))
 
 
-def _step_dir(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
+def step_dir(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
+    """The directory of checkpoint `step` (WORKDIR/checkpoints/STEP)."""
     return pathlib.Path(mngr.directory) / str(step)
 
 
@@ -171,7 +173,7 @@ def verify(mngr: ocp.CheckpointManager, step: int) -> str | None:
     A checkpoint without a manifest (the run died between orbax's commit and the manifest)
     is taken as orbax left it; reading it is the remaining check.
     """
-    directory = _step_dir(mngr, step)
+    directory = step_dir(mngr, step)
     manifest = directory / MANIFEST
     if not manifest.exists():
         return None
@@ -194,7 +196,7 @@ def _set_aside(mngr: ocp.CheckpointManager, step: int) -> pathlib.Path:
     """Moves a damaged checkpoint out of the manager's sight, keeping it for inspection."""
     target = pathlib.Path(mngr.directory) / f"damaged-{step}-{int(time.time())}"
     if jax.process_index() == 0:
-        _step_dir(mngr, step).rename(target)
+        step_dir(mngr, step).rename(target)
     mngr.reload()
     return target
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from train import checkpointing, config_checks, data_sources, distillation, model_state
 
-__all__ = ["load_model", "open_checkpoint", "restore_network"]
+__all__ = ["load_model", "open_checkpoint", "restore_network", "saved_config"]
 
 
 def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
@@ -54,12 +54,28 @@ def load_model(
         logits = model.apply(variables, images, train=False)
     """
     mngr, step = open_checkpoint(workdir, checkpoint, best=best)
-    config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
+    config = _stored_config(mngr, step)
     model, state, _, config = restore_network(
         mngr, step, config, data_sources.DATASETS[config.dataset], network=network
     )
     mngr.close()
     return model, {"params": state.params, "batch_stats": state.batch_stats}, config
+
+
+def saved_config(
+    workdir: str | None = None, checkpoint: str | None = None, *, best: bool = False
+) -> tuple[Any, pathlib.Path]:
+    """(config, checkpoint path) of a saved checkpoint, read from its metadata without its
+    arrays; the path (WORKDIR/checkpoints/STEP) names that step for `load_model` later, even
+    if the run saves a newer one meanwhile."""
+    mngr, step = open_checkpoint(workdir, checkpoint, best=best)
+    config = _stored_config(mngr, step)
+    mngr.close()
+    return config, checkpointing.step_dir(mngr, step)
+
+
+def _stored_config(mngr, step: int):
+    return checkpointing.config_from_meta(checkpointing.read_meta(mngr, step))
 
 
 def restore_network(mngr, step: int, config, info, *, network: str = "student", mesh=None):

@@ -72,13 +72,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if distilling and config.distill == "kd":  # checked before anything is compiled
         # From its stored config only: the variables are read in init(), when no checkpoint
         # of this run already holds the teacher (a resume restores it with the rest).
-        teacher_mngr, teacher_step = saved_models.open_checkpoint(config.teacher_workdir)
-        saved = checkpointing.config_from_meta(checkpointing.read_meta(teacher_mngr, teacher_step))
-        teacher_mngr.close()
+        saved, teacher_checkpoint = saved_models.saved_config(config.teacher_workdir)
         distillation.check_teacher(saved, config)
-        teacher_checkpoint = checkpointing.checkpoint_dir(config.teacher_workdir) / str(
-            teacher_step
-        )
     task = distillation if distilling else classification
     build = distillation.build if distilling else model_state.build
     built = build(config, info, steps_per_epoch=steps_per_epoch, mesh=mesh)
