@@ -1,0 +1,532 @@
+// The adder op's forward and input gradient on CPU, written once over the register types of
+// simd.h and compiled per instruction set (isa_avx512.cc, isa_avx2.cc).
+//
+// Forward: y[q, o] = -sum_{t, c} |x[q + off t, c] - w[t, c, o]| ** p for every output pixel q.
+// A tile is MR output pixels x NR vectors of output channels held in registers; every
+// (tap, channel) step is a rank-1 update: NR filter vectors (w packed per block of output
+// channels, contiguous in the order the loop reads them) against MR broadcast input values.
+// At p = 1 the default term is min(x, w), two instructions with the add: |x - w| = x + w -
+// 2 min(x, w), with sum x over the patch and sum w per filter added once per output.
+//
+// Input gradient: dx[r, c] = sum_{t, o} g[r - off t, o] * f(w[t, c, o] - x[r, c]) for the taps t
+// that reach input pixel r; a tile is MR input pixels of one stride phase x NR vectors of input
+// channels, x kept in registers, the cotangent broadcast, w packed (tap, out, in).
+//
+// Every output element is computed by one sequence of operations that depends on the shapes
+// only: results are bitwise the same run to run and for any number of threads.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <vector>
+
+#include "conv_shape.h"
+#include "simd.h"
+
+namespace adderjax_cpu {
+
+// Internal linkage: each instruction-set build keeps its own copy of every helper, so the
+// linker never swaps an AVX-512 body into the AVX2 build.
+namespace {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+// Register tiles: (pixels, vectors) per tile for NR = 1..4 vectors.
+template <class V>
+constexpr int forward_mr(int nr) {
+  if (V::kRegisters >= 32) return nr == 1 ? 12 : nr == 2 ? 8 : nr == 3 ? 6 : 5;
+  return nr == 1 ? 6 : nr == 2 ? 4 : nr == 3 ? 3 : 2;
+}
+template <class V>
+constexpr int input_grad_mr(int nr) {
+  if (V::kRegisters >= 32) return nr == 1 ? 12 : nr == 2 ? 6 : nr == 3 ? 4 : 3;
+  return nr == 1 ? 5 : nr == 2 ? 3 : nr == 3 ? 2 : 1;
+}
+
+// How many vectors a block of channels holds: the one of 4..1 that wastes the fewest lanes
+// over `channels`, the larger on ties.
+template <class V>
+inline int vectors_per_block(int64_t channels) {
+  const int64_t nv = ceil_div(channels, V::kLanes);
+  int best = 1;
+  int64_t best_total = nv;
+  for (int nr = 4; nr >= 1; --nr) {
+    const int64_t total = ceil_div(nv, nr) * nr;
+    if (total < best_total || (total == best_total && nr > best)) {
+      best = nr;
+      best_total = total;
+    }
+  }
+  return best;
+}
+
+template <class V, int RULE>
+inline typename V::reg forward_term(typename V::reg x, typename V::reg w, typename V::reg p) {
+  if constexpr (RULE == kMinIdentity) {
+    return V::min(x, w);
+  } else if constexpr (RULE == kAbs) {
+    return V::abs(V::sub(x, w));
+  } else if constexpr (RULE == kSquare) {
+    const auto d = V::sub(x, w);
+    return V::mul(d, d);
+  } else {
+    const auto a = V::abs(V::sub(x, w));
+    if constexpr (sizeof(typename V::T) == 4) {
+      return pow_f32<V>(a, p);
+    } else {
+      alignas(64) typename V::T pl[V::kLanes];
+      V::store(pl, p);
+      return pow_lanes<V>(a, pl[0]);
+    }
+  }
+}
+
+// acc[r][k] = sum over runs and elements of term(x_r[run + e], w[e][k]).
+template <class V, int MR, int NR, int RULE>
+inline void forward_tile(const typename V::T* const* xs, const typename V::T* wpk,
+                         const int64_t* run_offsets, int64_t num_runs, int64_t run_len,
+                         typename V::T p, typename V::T* out) {
+  using reg = typename V::reg;
+  reg acc[MR][NR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; ++k) acc[r][k] = V::zero();
+  const reg pv = V::set1(p);
+  for (int64_t run = 0; run < num_runs; ++run) {
+    const typename V::T* x[MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) x[r] = xs[r] + run_offsets[run];
+    for (int64_t e = 0; e < run_len; ++e) {
+      reg wv[NR];
+#pragma GCC unroll 4
+      for (int k = 0; k < NR; ++k) wv[k] = V::load(wpk + k * V::kLanes);
+      wpk += NR * V::kLanes;
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        const reg xb = V::bcast(x[r] + e);
+#pragma GCC unroll 4
+        for (int k = 0; k < NR; ++k) acc[r][k] = V::add(acc[r][k], forward_term<V, RULE>(xb, wv[k], pv));
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; ++k) V::store(out + (r * NR + k) * V::kLanes, acc[r][k]);
+}
+
+template <class V>
+struct ForwardPlan {
+  using T = typename V::T;
+  int nr, mr;
+  int64_t ob;        // output channels per block (nr * lanes)
+  int64_t nob;       // blocks
+  int64_t hp, wp;    // padded input
+  bool padded;
+  int64_t xpad_size, ssum_size, wpk_size, sw_size;
+
+  explicit ForwardPlan(const ConvShape& s) {
+    nr = vectors_per_block<V>(s.o);
+    mr = forward_mr<V>(nr);
+    ob = int64_t(nr) * V::kLanes;
+    nob = ceil_div(s.o, ob);
+    hp = s.h + s.pt + s.pb;
+    wp = s.w + s.pl + s.pr;
+    padded = s.pt || s.pb || s.pl || s.pr;
+    xpad_size = padded ? s.n * hp * wp * s.c : 0;
+    ssum_size = s.n * hp * wp;
+    wpk_size = nob * s.kh * s.kw * s.c * ob;
+    sw_size = s.o;
+  }
+  // Elements of scratch the caller provides (XLA allocates it, so it shows in memory analyses).
+  int64_t workspace() const { return xpad_size + ssum_size + wpk_size + sw_size + 16; }
+};
+
+template <class V, int MR, int NR, int RULE>
+void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typename V::T* xsrc,
+                    const typename V::T* ssum, const typename V::T* wpk, const typename V::T* sw,
+                    typename V::T p, typename V::T* y, const ParallelFor& parallel) {
+  using T = typename V::T;
+  const int64_t taps = s.kh * s.kw;
+  // Runs of contiguous input: with stride 1 a tap row's kw * c values follow each other.
+  const bool merge = s.sw == 1;
+  const int64_t num_runs = merge ? s.kh : taps;
+  const int64_t run_len = merge ? s.kw * s.c : s.c;
+  int64_t run_offsets[1024];
+  std::vector<int64_t> run_offsets_big;
+  int64_t* offs = run_offsets;
+  if (num_runs > 1024) {
+    run_offsets_big.resize(num_runs);
+    offs = run_offsets_big.data();
+  }
+  for (int64_t r = 0; r < num_runs; ++r) {
+    const int64_t i = merge ? r : r / s.kw, j = merge ? 0 : r % s.kw;
+    offs[r] = (i * plan.wp + j) * s.c;
+  }
+  const int64_t pixels = s.n * s.ho * s.wo;
+  const int64_t per_chunk = std::max<int64_t>(MR, ceil_div(ceil_div(pixels, 64), MR) * MR);
+  const int64_t chunks = ceil_div(pixels, per_chunk);
+  const int64_t ob = plan.ob;
+  parallel(chunks * plan.nob, [&](int64_t item) {
+    const int64_t blk = item % plan.nob, chunk = item / plan.nob;
+    const int64_t q0 = chunk * per_chunk, q1 = std::min(pixels, q0 + per_chunk);
+    const T* wblk = wpk + blk * taps * s.c * ob;
+    const int64_t o0 = blk * ob, on = std::min(ob, s.o - o0);
+    alignas(64) T acc[MR * NR * V::kLanes];
+    for (int64_t q = q0; q < q1; q += MR) {
+      const T* xs[MR];
+      int64_t base[MR];
+      int64_t qs[MR];
+      for (int r = 0; r < MR; ++r) {
+        // The last tile of a chunk repeats its last pixel (computed, not stored).
+        const int64_t qq = std::min(q + r, q1 - 1);
+        const int64_t nn = qq / (s.ho * s.wo), rest = qq % (s.ho * s.wo);
+        const int64_t hh = rest / s.wo, ww = rest % s.wo;
+        qs[r] = qq;
+        base[r] = (nn * plan.hp + hh * s.sh) * plan.wp + ww * s.sw;
+        xs[r] = xsrc + base[r] * s.c;
+      }
+      forward_tile<V, MR, NR, RULE>(xs, wblk, offs, num_runs, run_len, p, acc);
+      const int rows = int(std::min<int64_t>(MR, q1 - q));
+      for (int r = 0; r < rows; ++r) {
+        T* yq = y + qs[r] * s.o + o0;
+        const T* a = acc + r * NR * V::kLanes;
+        if constexpr (RULE == kMinIdentity) {
+          T sx = 0;
+          for (int64_t i = 0; i < s.kh; ++i)
+            for (int64_t j = 0; j < s.kw; ++j) sx += ssum[base[r] + i * plan.wp + j];
+          for (int64_t o = 0; o < on; ++o) yq[o] = (2 * a[o] - sx) - sw[o0 + o];
+        } else {
+          for (int64_t o = 0; o < on; ++o) yq[o] = -a[o];
+        }
+      }
+    }
+  });
+}
+
+// Sum of n values in a fixed order: lanes of vectors, then the lanes in turn.
+template <class V>
+inline typename V::T sum_values(const typename V::T* v, int64_t n) {
+  using T = typename V::T;
+  auto acc = V::zero();
+  int64_t i = 0;
+  for (; i + V::kLanes <= n; i += V::kLanes) acc = V::add(acc, V::load(v + i));
+  alignas(64) T lanes[V::kLanes];
+  V::store(lanes, acc);
+  T total = 0;
+  for (int l = 0; l < V::kLanes; ++l) total += lanes[l];
+  for (; i < n; ++i) total += v[i];
+  return total;
+}
+
+template <class V>
+void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
+             typename V::T p, int rule, typename V::T* y, typename V::T* work,
+             const ParallelFor& parallel) {
+  using T = typename V::T;
+  const ForwardPlan<V> plan(s);
+  T* xpad = work;
+  T* ssum = xpad + plan.xpad_size;
+  T* wpk = ssum + plan.ssum_size;
+  // Packed filters aligned to 64 bytes.
+  wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
+  T* sw = wpk + plan.wpk_size;
+  const bool need_sums = rule == kMinIdentity;
+  // The padded input (if any) and each input pixel's channel sum, one padded row per item.
+  if (plan.padded || need_sums) {
+    parallel(s.n * plan.hp, [&](int64_t item) {
+      const int64_t nn = item / plan.hp, hh = item % plan.hp;
+      const int64_t h_in = hh - s.pt;
+      const bool row_in = h_in >= 0 && h_in < s.h;
+      for (int64_t ww = 0; ww < plan.wp; ++ww) {
+        const int64_t w_in = ww - s.pl;
+        const bool in = row_in && w_in >= 0 && w_in < s.w;
+        const T* src = in ? x + ((nn * s.h + h_in) * s.w + w_in) * s.c : nullptr;
+        const int64_t dst = (nn * plan.hp + hh) * plan.wp + ww;
+        if (plan.padded) {
+          if (in) std::memcpy(xpad + dst * s.c, src, sizeof(T) * s.c);
+          else std::memset(xpad + dst * s.c, 0, sizeof(T) * s.c);
+        }
+        if (need_sums) ssum[dst] = in ? sum_values<V>(src, s.c) : T(0);
+      }
+    });
+  }
+  // Filters packed per block of output channels, (tap, in, out) inside, zero past Cout.
+  const int64_t taps = s.kh * s.kw, ob = plan.ob;
+  parallel(plan.nob * taps, [&](int64_t item) {
+    const int64_t blk = item / taps, t = item % taps;
+    T* dst = wpk + (blk * taps + t) * s.c * ob;
+    for (int64_t c = 0; c < s.c; ++c) {
+      const T* src = w + (t * s.c + c) * s.o + blk * ob;
+      const int64_t valid = std::min(ob, s.o - blk * ob);
+      std::memcpy(dst + c * ob, src, sizeof(T) * valid);
+      std::memset(dst + c * ob + valid, 0, sizeof(T) * (ob - valid));
+    }
+  });
+  if (need_sums) {
+    for (int64_t o = 0; o < s.o; ++o) sw[o] = 0;
+    for (int64_t tc = 0; tc < taps * s.c; ++tc)
+      for (int64_t o = 0; o < s.o; ++o) sw[o] += w[tc * s.o + o];
+  }
+  const T* xsrc = plan.padded ? xpad : x;
+#define ADDERJAX_FWD(NR, RULE)                                                              \
+  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, xsrc, ssum, wpk, sw, p, y, parallel)
+#define ADDERJAX_FWD_RULES(NR)                   \
+  switch (rule) {                                \
+    case kMinIdentity: ADDERJAX_FWD(NR, kMinIdentity); break; \
+    case kAbs: ADDERJAX_FWD(NR, kAbs); break;    \
+    case kSquare: ADDERJAX_FWD(NR, kSquare); break; \
+    default: ADDERJAX_FWD(NR, kPow); break;      \
+  }
+  switch (plan.nr) {
+    case 1: ADDERJAX_FWD_RULES(1); break;
+    case 2: ADDERJAX_FWD_RULES(2); break;
+    case 3: ADDERJAX_FWD_RULES(3); break;
+    default: ADDERJAX_FWD_RULES(4); break;
+  }
+#undef ADDERJAX_FWD_RULES
+#undef ADDERJAX_FWD
+}
+
+// ---------------------------------------------------------------------------------------------
+// Input gradient.
+
+template <class V, int RULE>
+inline typename V::reg input_grad_term(typename V::reg w, typename V::reg x, typename V::reg q) {
+  const auto d = V::sub(w, x);
+  if constexpr (RULE == kHardTanh) {
+    return V::min(V::max(d, V::set1(-1)), V::set1(1));
+  } else if constexpr (RULE == kSign) {
+    return V::sign(d);
+  } else if constexpr (RULE == kLinear) {
+    return d;
+  } else {
+    const auto a = V::abs(d);
+    typename V::reg mag;
+    if constexpr (sizeof(typename V::T) == 4) {
+      mag = pow_f32<V>(a, q);
+    } else {
+      alignas(64) typename V::T ql[V::kLanes];
+      V::store(ql, q);
+      mag = pow_lanes<V>(a, ql[0]);
+    }
+    return V::mul(V::sign(d), mag);
+  }
+}
+
+template <class V, int MR, int NR, int RULE>
+inline void input_grad_tile(const typename V::T* const* gs, const typename V::T* xt,
+                            const typename V::T* wpk, const int64_t* tap_offsets,
+                            int64_t num_taps, int64_t outs, typename V::T q,
+                            typename V::T* out) {
+  using reg = typename V::reg;
+  reg xv[MR][NR], acc[MR][NR];
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; ++k) {
+      xv[r][k] = V::load(xt + (r * NR + k) * V::kLanes);
+      acc[r][k] = V::zero();
+    }
+  const reg qv = V::set1(q);
+  for (int64_t t = 0; t < num_taps; ++t) {
+    const typename V::T* g[MR];
+#pragma GCC unroll 16
+    for (int r = 0; r < MR; ++r) g[r] = gs[r] + tap_offsets[t];
+    for (int64_t o = 0; o < outs; ++o) {
+      reg wv[NR];
+#pragma GCC unroll 4
+      for (int k = 0; k < NR; ++k) wv[k] = V::load(wpk + k * V::kLanes);
+      wpk += NR * V::kLanes;
+#pragma GCC unroll 16
+      for (int r = 0; r < MR; ++r) {
+        const reg gb = V::bcast(g[r] + o);
+#pragma GCC unroll 4
+        for (int k = 0; k < NR; ++k)
+          acc[r][k] = V::fmadd(gb, input_grad_term<V, RULE>(wv[k], xv[r][k], qv), acc[r][k]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < MR; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < NR; ++k) V::store(out + (r * NR + k) * V::kLanes, acc[r][k]);
+}
+
+template <class V>
+struct InputGradPlan {
+  int nr, mr;
+  int64_t cb, ncb;        // input channels per block, blocks
+  int64_t rlo, clo;       // first cotangent row / column any tap reads (may be < 0)
+  int64_t hg, wg;         // the zero-bordered cotangent's rows and columns
+  int64_t gpad_size, wpk_size;
+
+  explicit InputGradPlan(const ConvShape& s) {
+    nr = vectors_per_block<V>(s.c);
+    mr = input_grad_mr<V>(nr);
+    cb = int64_t(nr) * V::kLanes;
+    ncb = ceil_div(s.c, cb);
+    // Input row a, tap i reads cotangent row (a + pt - i) / sh.
+    rlo = floor_div(s.pt - s.kh + 1, s.sh);
+    clo = floor_div(s.pl - s.kw + 1, s.sw);
+    hg = floor_div(s.h - 1 + s.pt, s.sh) - rlo + 1;
+    wg = floor_div(s.w - 1 + s.pl, s.sw) - clo + 1;
+    gpad_size = s.n * hg * wg * s.o;
+    wpk_size = ncb * s.kh * s.kw * s.o * cb;
+  }
+  int64_t workspace() const { return gpad_size + wpk_size + 16; }
+};
+
+inline int64_t pos_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+
+// One stride phase of the input: pixels (a, b) with a = ra (mod sh), b = rb (mod sw), and the
+// taps that reach them, i = (ra + pt) (mod sh), j = (rb + pl) (mod sw).
+struct InputPhase {
+  int64_t ra, rb, ha, wb, pixels, per_chunk, chunks, first_item;
+  int64_t i0, j0, first_tap;
+  std::vector<int64_t> tap_offsets;  // cotangent offsets relative to tap (i0, j0)
+};
+
+// The phases, each with its taps; `tap_order` lists every tap, phase by phase, which is the
+// order the filters are packed in, so the taps of a phase are consecutive.
+template <class V>
+std::vector<InputPhase> input_phases(const ConvShape& s, const InputGradPlan<V>& plan, int mr,
+                                     std::vector<int64_t>* tap_order, int64_t* items) {
+  std::vector<InputPhase> phases;
+  *items = 0;
+  for (int64_t ra = 0; ra < s.sh; ++ra)
+    for (int64_t rb = 0; rb < s.sw; ++rb) {
+      InputPhase ph;
+      ph.ra = ra;
+      ph.rb = rb;
+      ph.ha = ra < s.h ? ceil_div(s.h - ra, s.sh) : 0;
+      ph.wb = rb < s.w ? ceil_div(s.w - rb, s.sw) : 0;
+      ph.pixels = s.n * ph.ha * ph.wb;
+      ph.per_chunk = std::max<int64_t>(mr, ceil_div(ceil_div(ph.pixels, 32), mr) * mr);
+      ph.chunks = ceil_div(ph.pixels, ph.per_chunk);
+      ph.first_item = *items;
+      *items += ph.chunks * plan.ncb;
+      ph.i0 = pos_mod(ra + s.pt, s.sh);
+      ph.j0 = pos_mod(rb + s.pl, s.sw);
+      ph.first_tap = int64_t(tap_order->size());
+      for (int64_t i = ph.i0; i < s.kh; i += s.sh)
+        for (int64_t j = ph.j0; j < s.kw; j += s.sw) {
+          // The cotangent row moves up one for every sh rows of taps, the column likewise.
+          ph.tap_offsets.push_back((-(i - ph.i0) / s.sh * plan.wg - (j - ph.j0) / s.sw) * s.o);
+          tap_order->push_back(i * s.kw + j);
+        }
+      phases.push_back(std::move(ph));
+    }
+  return phases;
+}
+
+template <class V, int MR, int NR, int RULE>
+void input_grad_blocks(const ConvShape& s, const InputGradPlan<V>& plan, const typename V::T* x,
+                       const typename V::T* gpad, const typename V::T* wpk,
+                       typename V::T exponent, typename V::T* dx, const ParallelFor& parallel) {
+  using T = typename V::T;
+  const int64_t cb = plan.cb, taps = s.kh * s.kw;
+  std::vector<int64_t> tap_order;
+  int64_t items = 0;
+  const std::vector<InputPhase> phases = input_phases<V>(s, plan, MR, &tap_order, &items);
+  parallel(items, [&](int64_t item) {
+    int64_t pi = 0;
+    while (pi + 1 < int64_t(phases.size()) && phases[pi + 1].first_item <= item) ++pi;
+    const InputPhase& ph = phases[pi];
+    const int64_t num_taps = int64_t(ph.tap_offsets.size());
+    const int64_t local = item - ph.first_item;
+    const int64_t blk = local % plan.ncb, chunk = local / plan.ncb;
+    const int64_t q0 = chunk * ph.per_chunk, q1 = std::min(ph.pixels, q0 + ph.per_chunk);
+    const int64_t c0 = blk * cb, cn = std::min(cb, s.c - c0);
+    const T* wph = wpk + (blk * taps + ph.first_tap) * s.o * cb;
+    alignas(64) T xt[MR * NR * V::kLanes];
+    alignas(64) T acc[MR * NR * V::kLanes];
+    for (int64_t q = q0; q < q1; q += MR) {
+      const T* gs[MR];
+      int64_t pix[MR];
+      for (int r = 0; r < MR; ++r) {
+        // The last tile of a chunk repeats its last pixel (computed, not stored).
+        const int64_t qq = std::min(q + r, q1 - 1);
+        const int64_t nn = qq / (ph.ha * ph.wb), rest = qq % (ph.ha * ph.wb);
+        const int64_t a = ph.ra + (rest / ph.wb) * s.sh, b = ph.rb + (rest % ph.wb) * s.sw;
+        pix[r] = (nn * s.h + a) * s.w + b;
+        const int64_t grow = (a + s.pt - ph.i0) / s.sh - plan.rlo;
+        const int64_t gcol = (b + s.pl - ph.j0) / s.sw - plan.clo;
+        gs[r] = gpad + ((nn * plan.hg + grow) * plan.wg + gcol) * s.o;
+        T* xr = xt + r * NR * V::kLanes;
+        std::memcpy(xr, x + pix[r] * s.c + c0, sizeof(T) * cn);
+        std::memset(xr + cn, 0, sizeof(T) * (cb - cn));
+      }
+      input_grad_tile<V, MR, NR, RULE>(gs, xt, wph, ph.tap_offsets.data(), num_taps, s.o,
+                                       exponent, acc);
+      const int rows = int(std::min<int64_t>(MR, q1 - q));
+      for (int r = 0; r < rows; ++r)
+        std::memcpy(dx + pix[r] * s.c + c0, acc + r * NR * V::kLanes, sizeof(T) * cn);
+    }
+  });
+}
+
+template <class V>
+void input_grad(const ConvShape& s, const typename V::T* x, const typename V::T* w,
+                const typename V::T* g, typename V::T q, int rule, typename V::T* dx,
+                typename V::T* work, const ParallelFor& parallel) {
+  using T = typename V::T;
+  const InputGradPlan<V> plan(s);
+  T* gpad = work;
+  T* wpk = gpad + plan.gpad_size;
+  wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
+  // The cotangent with a zero border wide enough for every tap of every input pixel.
+  parallel(s.n * plan.hg, [&](int64_t item) {
+    const int64_t nn = item / plan.hg, gr = item % plan.hg;
+    const int64_t row = gr + plan.rlo;
+    T* dst = gpad + (nn * plan.hg + gr) * plan.wg * s.o;
+    if (row < 0 || row >= s.ho) {
+      std::memset(dst, 0, sizeof(T) * plan.wg * s.o);
+      return;
+    }
+    for (int64_t gc = 0; gc < plan.wg; ++gc) {
+      const int64_t col = gc + plan.clo;
+      if (col < 0 || col >= s.wo) std::memset(dst + gc * s.o, 0, sizeof(T) * s.o);
+      else std::memcpy(dst + gc * s.o, g + ((nn * s.ho + row) * s.wo + col) * s.o, sizeof(T) * s.o);
+    }
+  });
+  // Filters packed per block of input channels, taps phase by phase, (out, in) inside, zero
+  // past Cin.
+  std::vector<int64_t> tap_order;
+  int64_t items = 0;
+  input_phases<V>(s, plan, 1, &tap_order, &items);
+  const int64_t taps = s.kh * s.kw, cb = plan.cb;
+  parallel(plan.ncb * taps, [&](int64_t item) {
+    const int64_t blk = item / taps, slot = item % taps, t = tap_order[slot];
+    T* dst = wpk + (blk * taps + slot) * s.o * cb;
+    const int64_t c0 = blk * cb, cn = std::min(cb, s.c - c0);
+    for (int64_t o = 0; o < s.o; ++o) {
+      for (int64_t c = 0; c < cn; ++c) dst[o * cb + c] = w[(t * s.c + c0 + c) * s.o + o];
+      for (int64_t c = cn; c < cb; ++c) dst[o * cb + c] = 0;
+    }
+  });
+#define ADDERJAX_IG(NR, RULE) \
+  input_grad_blocks<V, input_grad_mr<V>(NR), NR, RULE>(s, plan, x, gpad, wpk, q, dx, parallel)
+#define ADDERJAX_IG_RULES(NR)                        \
+  switch (rule) {                                    \
+    case kHardTanh: ADDERJAX_IG(NR, kHardTanh); break; \
+    case kSign: ADDERJAX_IG(NR, kSign); break;       \
+    case kLinear: ADDERJAX_IG(NR, kLinear); break;   \
+    default: ADDERJAX_IG(NR, kLpPow); break;         \
+  }
+  switch (plan.nr) {
+    case 1: ADDERJAX_IG_RULES(1); break;
+    case 2: ADDERJAX_IG_RULES(2); break;
+    case 3: ADDERJAX_IG_RULES(3); break;
+    default: ADDERJAX_IG_RULES(4); break;
+  }
+#undef ADDERJAX_IG_RULES
+#undef ADDERJAX_IG
+}
+
+}  // namespace
+}  // namespace adderjax_cpu

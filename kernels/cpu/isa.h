@@ -1,0 +1,30 @@
+// The entry points that each instruction-set build of adder_kernels.h provides.
+#pragma once
+
+#include <cstdint>
+
+#include "conv_shape.h"
+
+namespace adderjax_cpu {
+
+struct IsaKernels {
+  const char* name;
+  int64_t (*forward_workspace_f32)(const ConvShape&);
+  int64_t (*forward_workspace_f64)(const ConvShape&);
+  int64_t (*input_grad_workspace_f32)(const ConvShape&);
+  int64_t (*input_grad_workspace_f64)(const ConvShape&);
+  void (*forward_f32)(const ConvShape&, const float*, const float*, float, int, float*, float*,
+                      const ParallelFor&);
+  void (*forward_f64)(const ConvShape&, const double*, const double*, double, int, double*,
+                      double*, const ParallelFor&);
+  void (*input_grad_f32)(const ConvShape&, const float*, const float*, const float*, float, int,
+                         float*, float*, const ParallelFor&);
+  void (*input_grad_f64)(const ConvShape&, const double*, const double*, const double*, double,
+                         int, double*, double*, const ParallelFor&);
+};
+
+// Defined in isa_avx512.cc and isa_avx2.cc, each compiled for its instruction set.
+const IsaKernels& avx512_kernels();
+const IsaKernels& avx2_kernels();
+
+}  // namespace adderjax_cpu
