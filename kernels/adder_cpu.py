@@ -130,9 +130,7 @@ def _check(x, w, strides, pads, g=None):
             f"x must be (N, H, W, C) and w (kh, kw, C, O), got {x.shape=} and {w.shape=}"
         )
     if x.dtype not in (jnp.float32, jnp.float64) or w.dtype != x.dtype:
-        raise ValueError(
-            f"x and w must share float32 or float64, got {x.dtype=} and {w.dtype=}"
-        )
+        raise ValueError(f"x and w must share float32 or float64, got {x.dtype=} and {w.dtype=}")
     if g is not None and g.dtype != x.dtype:
         raise ValueError(f"g must have x's dtype {x.dtype}, got {g.dtype=}")
     if len(strides) != 2 or min(strides) < 1:
@@ -153,7 +151,14 @@ def _attrs(strides, pads, rule):
 
 
 def forward(
-    x, w, p_value=None, *, strides, pads, p: float | None = 1.0, formula: Formula = "min",
+    x,
+    w,
+    p_value=None,
+    *,
+    strides,
+    pads,
+    p: float | None = 1.0,
+    formula: Formula = "min",
     isa: str | None = None,
 ):
     """y = -sum |x_patch - w| ** p, (N, Ho, Wo, O) in x's dtype.
@@ -194,8 +199,16 @@ def forward(
 
 
 def input_grad(
-    x, w, g, p_value=None, *, strides, pads, input_grad: str = "hardtanh",
-    p: float | None = 1.0, isa: str | None = None,
+    x,
+    w,
+    g,
+    p_value=None,
+    *,
+    strides,
+    pads,
+    input_grad: str = "hardtanh",
+    p: float | None = 1.0,
+    isa: str | None = None,
 ):
     """dx = sum_o g * f(w - x_patch) scattered onto x: f = clip(., -1, 1) or the l_p rule.
 

@@ -4,6 +4,7 @@
 #include "isa.h"
 
 #define ADDERJAX_VF Avx2F
+#define ADDERJAX_VF_NARROW Avx2F
 #define ADDERJAX_VD Avx2D
 #define ADDERJAX_ISA_FN avx2_kernels
 #define ADDERJAX_ISA_NAME "avx2"

@@ -4,6 +4,7 @@
 #include "isa.h"
 
 #define ADDERJAX_VF Avx512F
+#define ADDERJAX_VF_NARROW Avx512Y
 #define ADDERJAX_VD Avx512D
 #define ADDERJAX_ISA_FN avx512_kernels
 #define ADDERJAX_ISA_NAME "avx512"

@@ -34,6 +34,8 @@ struct Avx512F {
   static reg min(reg a, reg b) { return _mm512_min_ps(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_ps(a, b); }
   static reg abs(reg a) { return _mm512_abs_ps(a); }
+  // clip(d, -1, 1) in one instruction: the smaller magnitude of (d, 1) with d's sign.
+  static reg clip1(reg d, reg one, reg) { return _mm512_range_ps(d, one, 2); }
   // sign(a) in {-1, 0, +1}.
   static reg sign(reg a) {
     const __mmask16 nz = _mm512_cmp_ps_mask(a, zero(), _CMP_NEQ_OQ);
@@ -74,6 +76,7 @@ struct Avx512D {
   static reg min(reg a, reg b) { return _mm512_min_pd(a, b); }
   static reg max(reg a, reg b) { return _mm512_max_pd(a, b); }
   static reg abs(reg a) { return _mm512_abs_pd(a); }
+  static reg clip1(reg d, reg one, reg) { return _mm512_range_pd(d, one, 2); }
   static reg sign(reg a) {
     const __mmask8 nz = _mm512_cmp_pd_mask(a, zero(), _CMP_NEQ_OQ);
     const __m512i bits = _mm512_or_si512(
@@ -95,7 +98,8 @@ struct Avx512D {
 
 #endif  // ADDERJAX_AVX512
 
-#if defined(ADDERJAX_AVX2)
+// Also in the AVX-512 build: Avx512Y below is its 256-bit form.
+#if defined(ADDERJAX_AVX2) || defined(ADDERJAX_AVX512)
 
 struct Avx2F {
   using T = float;
@@ -115,6 +119,7 @@ struct Avx2F {
   static reg min(reg a, reg b) { return _mm256_min_ps(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_ps(a, b); }
   static reg abs(reg a) { return _mm256_andnot_ps(set1(-0.0f), a); }
+  static reg clip1(reg d, reg one, reg minus_one) { return min(max(d, minus_one), one); }
   static reg sign(reg a) {
     const reg s = _mm256_or_ps(_mm256_and_ps(a, set1(-0.0f)), set1(1.0f));
     return _mm256_and_ps(s, _mm256_cmp_ps(a, zero(), _CMP_NEQ_OQ));
@@ -164,6 +169,7 @@ struct Avx2D {
   static reg min(reg a, reg b) { return _mm256_min_pd(a, b); }
   static reg max(reg a, reg b) { return _mm256_max_pd(a, b); }
   static reg abs(reg a) { return _mm256_andnot_pd(set1(-0.0), a); }
+  static reg clip1(reg d, reg one, reg minus_one) { return min(max(d, minus_one), one); }
   static reg sign(reg a) {
     const reg s = _mm256_or_pd(_mm256_and_pd(a, set1(-0.0)), set1(1.0));
     return _mm256_and_pd(s, _mm256_cmp_pd(a, zero(), _CMP_NEQ_OQ));
@@ -178,7 +184,18 @@ struct Avx2D {
   }
 };
 
-#endif  // ADDERJAX_AVX2
+#endif  // ADDERJAX_AVX2 || ADDERJAX_AVX512
+
+#if defined(ADDERJAX_AVX512)
+// 256-bit registers with AVX-512's 32 of them and its one-instruction clip: the AVX-512 build's
+// choice where a layer's channels fill fewer than three 512-bit vectors (a 512-bit broadcast
+// takes a floating-point pipe slot on Zen 4, so few filter vectors per broadcast starve the
+// min/accumulate pair; see docs/cpu_kernel.md).
+struct Avx512Y : Avx2F {
+  static constexpr int kRegisters = 32;
+  static reg clip1(reg d, reg one, reg) { return _mm256_range_ps(d, one, 2); }
+};
+#endif  // ADDERJAX_AVX512
 
 // |a| ** q for a >= 0, lane by lane with std::pow: the float64 general-p rule, where accuracy
 // matters more than speed.
