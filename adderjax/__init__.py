@@ -23,5 +23,8 @@ from adderjax.ops import (
 from adderjax.ops import (
     default_implementation as default_implementation,
 )
+from adderjax.ops import (
+    unavailable_implementations as unavailable_implementations,
+)
 
 __version__ = "0.1.0"

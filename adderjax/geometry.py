@@ -21,8 +21,9 @@ from kernels.adder_triton import InputGrad as InputGrad
 # sign(x - w) of the l_1 forward (the signSGD-like rule of the paper's ablation, Table 4).
 FilterGrad = Literal["full_precision", "sign"]
 FILTER_GRADS: tuple[str, ...] = get_args(FilterGrad)
-# The op's backends ("pallas": the Triton kernels of `kernels`; "xla": `adderjax.xla`).
-Implementation = Literal["xla", "pallas"]
+# The op's backends ("pallas": the Triton kernels of `kernels`, GPU; "native": the C++ CPU
+# kernels of `kernels.adder_cpu`; "xla": `adderjax.xla`, any backend).
+Implementation = Literal["xla", "pallas", "native"]
 IMPLEMENTATIONS: tuple[str, ...] = get_args(Implementation)
 Padding = str | Sequence[tuple[int, int]]
 

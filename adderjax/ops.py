@@ -13,24 +13,50 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from adderjax import geometry, pallas, xla
+from adderjax import geometry, native, pallas, xla
 
-__all__ = ["adder_conv", "adder_dense", "available_implementations", "default_implementation"]
+__all__ = [
+    "adder_conv",
+    "adder_dense",
+    "available_implementations",
+    "default_implementation",
+    "unavailable_implementations",
+]
 
 
 def available_implementations() -> tuple[str, ...]:
-    """Implementations that can run on the current default backend.
+    """Implementations that can run on the current default backend, the default first.
 
     "pallas" (the Triton kernels of `kernels/`) needs a GPU; on any backend it can still run
     in Pallas interpret mode with ``interpret=True``, slowly, which is how CI tests it.
+    "native" (the C++ kernels of `kernels/cpu/`) needs the CPU backend and the extension that
+    `pip install` builds where a C++ compiler is found (`unavailable_implementations()` says
+    why it is missing). "xla" runs everywhere.
     """
-    if jax.default_backend() == "gpu":
+    backend = jax.default_backend()
+    if backend == "gpu":
         return ("pallas", "xla")
+    if backend == "cpu" and native.available():
+        return ("native", "xla")
     return ("xla",)
 
 
+def unavailable_implementations() -> dict[str, str]:
+    """Each implementation that cannot run on the current default backend, with why."""
+    backend = jax.default_backend()
+    missing = {}
+    if backend != "gpu":
+        missing["pallas"] = f"needs a GPU backend, this is {backend!r} (interpret=True runs it)"
+    if backend != "cpu":
+        missing["native"] = f"needs the CPU backend, this is {backend!r}"
+    elif not native.available():
+        missing["native"] = native.unavailable_reason()
+    return missing
+
+
 def default_implementation() -> str:
-    """What `implementation=None` picks: the Pallas kernels on GPU, the XLA path elsewhere."""
+    """What `implementation=None` picks: "pallas" on GPU, "native" on CPU where it was built,
+    else "xla"."""
     return available_implementations()[0]
 
 
@@ -55,9 +81,9 @@ def _resolve_implementation(implementation, interpret) -> str:
         return default_implementation()
     if implementation not in available_implementations():
         raise ValueError(
-            f"implementation={implementation!r} is not available on backend "
-            f"{jax.default_backend()!r} (available: {available_implementations()}); "
-            "pass interpret=True to run the Pallas kernels in interpret mode"
+            f"implementation={implementation!r} is not available: "
+            f"{unavailable_implementations()[implementation]} "
+            f"(available: {available_implementations()})"
         )
     return implementation
 
@@ -65,6 +91,8 @@ def _resolve_implementation(implementation, interpret) -> str:
 def _forward(x, w, p, geom, p_static, implementation):
     if implementation == "xla":
         return xla.forward(x, w, p, geom, p_static)
+    if implementation == "native":
+        return native.forward(x, w, p, geom, p_static)
     return pallas.forward(x, w, p, geom, p_static, interpret=implementation == _PALLAS_INTERPRET)
 
 
@@ -82,8 +110,12 @@ def _adder_conv_fwd(x, w, p, geom, p_static, input_grad, filter_grad, implementa
 
 def _adder_conv_bwd(geom, p_static, input_grad, filter_grad, implementation, res, g):
     x, w, p = res
-    if implementation == "xla":
-        dx = xla.input_grad(x, w, g, p, geom, p_static, input_grad)
+    if implementation in ("xla", "native"):
+        if implementation == "xla":
+            dx = xla.input_grad(x, w, g, p, geom, p_static, input_grad)
+        else:
+            dx = native.input_grad(x, w, g, p, geom, p_static, input_grad)
+        # The filter gradient is XLA's on CPU too: x^T g is its convolution's weight gradient.
         if filter_grad == "sign":
             dw = xla.sign_filter_grad(x, w, g, geom)
         else:
@@ -136,9 +168,11 @@ def adder_conv(
       filter_grad: "full_precision", the paper's ``sum g * (x_patch - w)`` (eq. 5), or
         "sign", ``sum g * sign(x_patch - w)``, the true derivative of the l_1 forward: the
         rule the paper's ablation (Table 4) compares against. "sign" is implemented by the
-        "xla" path only; it holds an (N, Ho, Wo, Cin, Cout) tensor per filter tap.
-      implementation: None (the best for the current backend: "pallas" on GPU, "xla"
-        elsewhere), "xla" (XLA operations, any backend) or "pallas" (the Triton kernels of
+        "xla" and "native" paths (its filter gradient is XLA's on both); it holds an
+        (N, Ho, Wo, Cin, Cout) tensor per filter tap.
+      implementation: None (the best for the current backend: "pallas" on GPU, "native" on
+        CPU where its extension was built, else "xla"), "xla" (XLA operations, any backend),
+        "native" (the C++ kernels of `kernels/cpu/`, CPU) or "pallas" (the Triton kernels of
         `kernels/`, GPU). A named implementation that cannot run here raises; it never
         falls back silently.
       interpret: with implementation="pallas", run the kernels in Pallas interpret mode on
@@ -166,9 +200,9 @@ def adder_conv(
     input_grad = geometry.check_choice("input_grad", input_grad, geometry.INPUT_GRADS)
     filter_grad = geometry.check_choice("filter_grad", filter_grad, geometry.FILTER_GRADS)
     implementation = _resolve_implementation(implementation, interpret)
-    if filter_grad == "sign" and implementation != "xla":
+    if filter_grad == "sign" and implementation not in ("xla", "native"):
         raise ValueError(
-            "filter_grad='sign' is implemented by implementation='xla' only, got "
+            "filter_grad='sign' is implemented by implementation='xla' and 'native' only, got "
             f"implementation={implementation.split('-')[0]!r}"
         )
     p, p_static = _static_p(p, geometry.compute_dtype(x.dtype, w.dtype))

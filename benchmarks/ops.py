@@ -1,12 +1,19 @@
 """Times `adder_conv` against `lax.conv_general_dilated` on ResNet-20 and ResNet-50 layer shapes.
 
     python benchmarks/ops.py                  # every shape, forward and forward+backward
-    python benchmarks/ops.py --only resnet20 --repeats 5
+    python benchmarks/ops.py --only resnet20 --repeats 15
+    python benchmarks/ops.py --no-xla         # skip the XLA path's column (slow on ResNet-50)
 
-For each shape: median milliseconds over `--repeats` timed calls after warm-up, for the
-forward and for forward+backward (the VJP for both inputs), the adder/conv ratio, and the
-peak memory of each compiled computation as XLA's buffer assignment reports it
-(arguments + outputs + temporaries). Prints a markdown table.
+For each shape: median milliseconds over `--repeats` rounds after warm-up, every round timing
+each computation once in turn (so that a noisy machine slows all of them alike), for the
+forward and for forward+backward (the VJP for both inputs): the convolution, the adder op's
+default implementation (on CPU the native kernels of `kernels/cpu/`), and the XLA path
+(`implementation="xla"`, what the CPU ran before them); the ratios to the convolution; and the
+peak memory of each compiled f+b as XLA's buffer assignment reports it (arguments + outputs +
+temporaries). With the native kernels, a second table puts their forward and input gradient
+beside their instruction bound: the shape's terms at the rate that its register tile reaches
+on data in L1 on all threads (`kernels.adder_cpu.loop_rate`, measured here, now), and the
+convolution's GFLOP/s beside a float32 GEMM's. Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import numpy as np
 from jax import lax
 
 import adderjax
+from kernels import adder_cpu
 
 # (name, batch, H=W, Cin, Cout, kernel, stride); explicit symmetric padding as the models use.
 SHAPES = {
@@ -51,6 +59,8 @@ SHAPES = {
         ("r50 7x7 512->512 3x3", 32, 7, 512, 512, 3, 1),
         ("r50 14x14 1024->256 1x1", 32, 14, 1024, 256, 1, 1),
     ],
+    # For tests/test_benchmarks.py: one small shape, not part of a full run.
+    "tiny": [("tiny 8x8 8->8 3x3", 2, 8, 8, 8, 3, 1)],
 }
 
 
@@ -62,6 +72,14 @@ def conv(x, w, strides, padding):
 
 def adder(x, w, strides, padding):
     return adderjax.adder_conv(x, w, strides, padding)
+
+
+def adder_xla(x, w, strides, padding):
+    return adderjax.adder_conv(x, w, strides, padding, implementation="xla")
+
+
+def native_input_grad(x, w, g, strides, padding):
+    return adder_cpu.input_grad(x, w, g, strides=strides, pads=padding)
 
 
 def forward_backward(fn):
@@ -84,20 +102,42 @@ def peak_bytes(compiled) -> int:
     )
 
 
-def time_it(fn, args, warmup: int, repeats: int) -> tuple[float, int]:
+def compile_fn(fn, args):
+    """(compiled, its dynamic arguments): the last two of args (strides, padding) are static."""
     compiled = jax.jit(fn, static_argnums=(len(args) - 2, len(args) - 1)).lower(*args).compile()
-    dynamic = args[:-2]
-    for _ in range(warmup):
-        jax.block_until_ready(compiled(*dynamic))
-    times = []
+    return compiled, args[:-2]
+
+
+def time_round_robin(calls: dict, warmup: int, repeats: int) -> dict[str, float]:
+    """Median ms of each compiled call; every round times each call once, in turn."""
+    for compiled, dynamic in calls.values():
+        for _ in range(warmup):
+            jax.block_until_ready(compiled(*dynamic))
+    times = {name: [] for name in calls}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        jax.block_until_ready(compiled(*dynamic))
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times), peak_bytes(compiled)
+        for name, (compiled, dynamic) in calls.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(compiled(*dynamic))
+            times[name].append(time.perf_counter() - t0)
+    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
-def bench_shape(shape, warmup, repeats):
+def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
+    """float32 GFLOP/s of an n^3 matmul: the machine's dense-GEMM speed."""
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(f(a, a))
+    best = min(_timed(f, a, a) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(f, *args) -> float:
+    t0 = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    return time.perf_counter() - t0
+
+
+def bench_shape(shape, warmup, repeats, with_xla: bool, native: bool):
     name, n, hw, cin, cout, k, s = shape
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(n, hw, hw, cin)), jnp.float32)
@@ -105,14 +145,18 @@ def bench_shape(shape, warmup, repeats):
     pad = ((k // 2, k // 2), (k // 2, k // 2))
     ho = (hw + 2 * (k // 2) - k) // s + 1
     g = jnp.asarray(rng.normal(size=(n, ho, ho, cout)), jnp.float32)
-    row = {"name": name}
-    for label, fn in (("conv", conv), ("adder", adder)):
-        row[f"{label}_fwd"], row[f"{label}_fwd_mem"] = time_it(
-            fn, (x, w, (s, s), pad), warmup, repeats
-        )
-        row[f"{label}_fb"], row[f"{label}_fb_mem"] = time_it(
-            forward_backward(fn), (x, w, g, (s, s), pad), warmup, repeats
-        )
+    fns = {"conv": conv, "adder": adder}
+    if with_xla:
+        fns["xla"] = adder_xla
+    calls, mem = {}, {}
+    for label, fn in fns.items():
+        calls[f"{label}_fwd"] = compile_fn(fn, (x, w, (s, s), pad))
+        calls[f"{label}_fb"] = compile_fn(forward_backward(fn), (x, w, g, (s, s), pad))
+        mem[label] = peak_bytes(calls[f"{label}_fb"][0])
+    if native:
+        calls["native_dx"] = compile_fn(native_input_grad, (x, w, g, (s, s), pad))
+    row = time_round_robin(calls, warmup, repeats)
+    row.update(name=name, mem=mem, terms=n * ho * ho * cout * k * k * cin)
     return row
 
 
@@ -120,33 +164,43 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=sorted(SHAPES), default=None)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--no-xla", action="store_true", help="skip the XLA path's columns")
     args = parser.parse_args()
-    groups = [args.only] if args.only else list(SHAPES)
+    groups = [args.only] if args.only else [g for g in SHAPES if g != "tiny"]
+    default = adderjax.default_implementation()
+    native = default == "native"
+    threads = len(os.sched_getaffinity(0))
     print(
         f"jax {jax.__version__}, backend {jax.default_backend()}, "
-        f"{jax.devices()[0].device_kind}, {platform.machine()}, float32, "
-        f"median of {args.repeats} after {args.warmup} warm-up"
+        f"{jax.devices()[0].device_kind}, {platform.machine()}, {threads} CPUs, float32, "
+        f"adder = implementation {default!r}"
+        + (f" ({adder_cpu.isa()})" if native else "")
+        + f", median of {args.repeats} round-robin rounds after {args.warmup} warm-up"
     )
     print()
+    xla_head = " xla fwd ms | xla f+b ms |" if not args.no_xla else ""
+    xla_rule = "---:|---:|" if not args.no_xla else ""
     print(
         "| shape (batch) | conv fwd ms | adder fwd ms | ratio | conv f+b ms | adder f+b ms "
-        "| ratio | conv f+b MiB | adder f+b MiB | mem ratio |"
+        f"| ratio |{xla_head} conv f+b MiB | adder f+b MiB | mem ratio |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    fwd_ratios, fb_ratios = [], []
+    print(f"|---|---:|---:|---:|---:|---:|---:|{xla_rule}---:|---:|---:|")
+    rows, fwd_ratios, fb_ratios = [], [], []
+    mib = 1 / 2**20
     for group in groups:
         for shape in SHAPES[group]:
-            r = bench_shape(shape, args.warmup, args.repeats)
+            r = bench_shape(shape, args.warmup, args.repeats, not args.no_xla, native)
+            rows.append(r)
             fr, br = r["adder_fwd"] / r["conv_fwd"], r["adder_fb"] / r["conv_fb"]
             fwd_ratios.append(fr)
             fb_ratios.append(br)
-            mib = 1 / 2**20
+            xla = f" {r['xla_fwd']:.1f} | {r['xla_fb']:.1f} |" if not args.no_xla else ""
             print(
-                f"| {r['name']} ({shape[1]}) | {r['conv_fwd']:.1f} | {r['adder_fwd']:.1f} | "
-                f"{fr:.2f} | {r['conv_fb']:.1f} | {r['adder_fb']:.1f} | {br:.2f} | "
-                f"{r['conv_fb_mem'] * mib:.0f} | {r['adder_fb_mem'] * mib:.0f} | "
-                f"{r['adder_fb_mem'] / r['conv_fb_mem']:.2f} |",
+                f"| {r['name']} ({shape[1]}) | {r['conv_fwd']:.2f} | {r['adder_fwd']:.2f} | "
+                f"{fr:.2f} | {r['conv_fb']:.2f} | {r['adder_fb']:.2f} | {br:.2f} |{xla} "
+                f"{r['mem']['conv'] * mib:.0f} | {r['mem']['adder'] * mib:.0f} | "
+                f"{r['mem']['adder'] / r['mem']['conv']:.2f} |",
                 flush=True,
             )
     gmean = lambda v: float(np.exp(np.mean(np.log(v))))
@@ -155,6 +209,41 @@ def main():
         f"geometric mean ratio: forward {gmean(fwd_ratios):.2f}x, "
         f"forward+backward {gmean(fb_ratios):.2f}x"
     )
+    if native:
+        print_bounds(rows, [sh for g in groups for sh in SHAPES[g]], threads)
+
+
+def print_bounds(rows, shapes, threads):
+    """The native kernels against their instruction bound, and the convolution against GEMM."""
+    gemm = gemm_gflops()
+    isa = adder_cpu.isa()
+    print()
+    print(
+        f"instruction bound: terms / (rate of the shape's register tile on {threads} threads, "
+        f"data in L1, measured now); float32 GEMM 4096^3: {gemm:.0f} GFLOP/s"
+    )
+    print()
+    print(
+        "| shape | fwd ms | fwd bound ms | fwd / bound | dx ms | dx bound ms | dx / bound "
+        "| fwd Gterm/s | conv GFLOP/s | conv / GEMM |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    rates = {}
+    for r, shape in zip(rows, shapes, strict=True):
+        _, _, _, cin, cout, _, _ = shape
+        for grad, channels in ((False, cout), (True, cin)):
+            if (grad, channels) not in rates:
+                rates[grad, channels] = adder_cpu.loop_rate(isa, grad, channels, threads, 0.3)
+        fwd_bound = 1e3 * r["terms"] / rates[False, cout]
+        dx_bound = 1e3 * r["terms"] / rates[True, cin]
+        conv_gflops = 2 * r["terms"] / (r["conv_fwd"] * 1e-3) / 1e9
+        print(
+            f"| {r['name']} | {r['adder_fwd']:.2f} | {fwd_bound:.2f} | "
+            f"{r['adder_fwd'] / fwd_bound:.2f} | {r['native_dx']:.2f} | {dx_bound:.2f} | "
+            f"{r['native_dx'] / dx_bound:.2f} | {r['terms'] / r['adder_fwd'] / 1e6:.1f} | "
+            f"{conv_gflops:.0f} | {conv_gflops / gemm:.2f} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

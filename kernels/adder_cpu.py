@@ -15,6 +15,7 @@ The extension is optional: without a C++ compiler the package installs without i
 from __future__ import annotations
 
 import functools
+import math
 import os
 from typing import Literal, get_args
 
@@ -39,6 +40,7 @@ __all__ = [
     "forward",
     "input_grad",
     "isa",
+    "loop_rate",
     "supported_isas",
     "unavailable_reason",
 ]
@@ -89,6 +91,17 @@ def isa() -> str:
     if reason is not None:
         raise ValueError(reason)
     return os.environ.get(ISA_ENV) or supported_isas()[0]
+
+
+def loop_rate(
+    isa: str, input_grad: bool, channels: int, threads: int, seconds: float = 0.3
+) -> float:
+    """float32 terms per second of the kernels' inner loop: the register tile that a layer
+    with this many channels (out for the forward, in for the input gradient) runs, on data in
+    L1, on `threads` threads at once for about `seconds`. The instruction bound of a shape is
+    its terms at this rate (benchmarks/ops.py prints it)."""
+    chosen = _check_isa(isa)
+    return _adder_cpu.loop_rate(chosen, bool(input_grad), int(channels), int(threads), seconds)
 
 
 @functools.cache
@@ -183,13 +196,16 @@ def forward(
     _register()
     x, pads = _crop(x, pads)
     shape, (ho, wo) = _shape_list(x.shape, w.shape, strides, pads)
+    out_shape = (x.shape[0], ho, wo, w.shape[3])
+    if math.prod(out_shape) == 0 or w.size == 0:  # nothing to compute, or empty sums
+        return jnp.zeros(out_shape, x.dtype)
     bits = 64 if x.dtype == jnp.float64 else 32
     work = _adder_cpu.forward_workspace(chosen, bits, shape)
     pv = jnp.asarray(p if p is not None else p_value, x.dtype).reshape(())
     call = jax.ffi.ffi_call(
         f"adderjax_forward_{chosen}",
         (
-            jax.ShapeDtypeStruct((x.shape[0], ho, wo, w.shape[3]), x.dtype),
+            jax.ShapeDtypeStruct(out_shape, x.dtype),
             jax.ShapeDtypeStruct((work,), x.dtype),
         ),
         vmap_method="sequential",
@@ -234,6 +250,9 @@ def input_grad(
     shape, (ho, wo) = _shape_list(x.shape, w.shape, strides, pads)
     if g.shape != (x.shape[0], ho, wo, w.shape[3]):
         raise ValueError(f"g must be {(x.shape[0], ho, wo, w.shape[3])}, got {g.shape=}")
+    if x.size == 0 or g.size == 0 or w.size == 0:  # no input, or no term reaches it
+        dx = jnp.zeros(x.shape, x.dtype)
+        return _uncrop(dx, full_hw, top, bottom, left, right)
     bits = 64 if x.dtype == jnp.float64 else 32
     work = _adder_cpu.input_grad_workspace(chosen, bits, shape)
     pv = jnp.asarray(p if p is not None else p_value, x.dtype).reshape(())
@@ -243,17 +262,12 @@ def input_grad(
         vmap_method="sequential",
     )
     dx, _ = call(x, w, g, pv, **_attrs(strides, pads, _INPUT_GRAD_RULES[rule]))
-    if dx.shape[1:3] != full_hw:
-        # Cropped-away input pixels are read by no tap: their gradient is zero.
-        zero = jnp.zeros((), dx.dtype)
-        dx = lax.pad(
-            dx,
-            zero,
-            (
-                (0, 0, 0),
-                (max(0, -top), max(0, -bottom), 0),
-                (max(0, -left), max(0, -right), 0),
-                (0, 0, 0),
-            ),
-        )
-    return dx
+    return _uncrop(dx, full_hw, top, bottom, left, right)
+
+
+def _uncrop(dx, full_hw, top, bottom, left, right):
+    """Input pixels cropped away by negative padding are read by no tap: zero gradient."""
+    if dx.shape[1:3] == full_hw:
+        return dx
+    pads = (max(0, -top), max(0, -bottom), 0), (max(0, -left), max(0, -right), 0)
+    return lax.pad(dx, jnp.zeros((), dx.dtype), ((0, 0, 0), *pads, (0, 0, 0)))

@@ -63,6 +63,10 @@ def check_against_reference(
     assert_close(dw, dw_ref, dtype, math.prod(y.shape[:3]), "filter gradient")
 
 
+# The paths that run here, other than the Pallas kernels (tested in interpret mode below):
+# on CPU "native" (where it was built) and "xla".
+PATHS = [i for i in adderjax.available_implementations() if i != "pallas"]
+
 CASES = [
     # x shape, w shape, strides, padding
     ((2, 8, 8, 4), (3, 3, 4, 6), (1, 1), "SAME"),
@@ -78,28 +82,50 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("implementation", PATHS)
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES)
 @pytest.mark.parametrize("p,input_grad", [(1.0, "hardtanh"), (1.5, "lp"), (2.0, "lp")])
-def test_matches_reference(x_shape, w_shape, strides, padding, p, input_grad):
-    check_against_reference(x_shape, w_shape, strides, padding, p, input_grad)
+def test_matches_reference(x_shape, w_shape, strides, padding, p, input_grad, implementation):
+    check_against_reference(
+        x_shape, w_shape, strides, padding, p, input_grad, implementation=implementation
+    )
 
 
+@pytest.mark.parametrize("implementation", PATHS)
 @pytest.mark.parametrize("x_shape,w_shape,strides,padding", CASES[:4])
-def test_bfloat16_matches_reference(x_shape, w_shape, strides, padding):
-    check_against_reference(x_shape, w_shape, strides, padding, 1.0, "hardtanh", jnp.bfloat16)
+def test_bfloat16_matches_reference(x_shape, w_shape, strides, padding, implementation):
+    check_against_reference(
+        x_shape,
+        w_shape,
+        strides,
+        padding,
+        1.0,
+        "hardtanh",
+        jnp.bfloat16,
+        implementation=implementation,
+    )
 
 
+@pytest.mark.parametrize("implementation", PATHS)
 @pytest.mark.parametrize("p,input_grad", [(1.0, "hardtanh"), (1.0, "lp"), (1.25, "lp")])
-def test_float64_matches_reference(p, input_grad):
+def test_float64_matches_reference(p, input_grad, implementation):
     with jax.enable_x64(True):
         check_against_reference(
-            (2, 6, 6, 3), (3, 3, 3, 4), (2, 2), "SAME", p, input_grad, jnp.float64
+            (2, 6, 6, 3),
+            (3, 3, 3, 4),
+            (2, 2),
+            "SAME",
+            p,
+            input_grad,
+            jnp.float64,
+            implementation=implementation,
         )
 
 
+@pytest.mark.parametrize("implementation", PATHS)
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
-def test_random_shapes_match_reference(data):
+def test_random_shapes_match_reference(data, implementation):
     kh, kw = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 3))
     sh, sw = data.draw(st.integers(1, 2)), data.draw(st.integers(1, 2))
     padding = data.draw(
@@ -118,7 +144,16 @@ def test_random_shapes_match_reference(data):
     x_shape = (data.draw(st.integers(1, 2)), h, w, data.draw(st.integers(1, 6)))
     w_shape = (kh, kw, x_shape[3], data.draw(st.integers(1, 7)))
     p, input_grad = data.draw(st.sampled_from([(1.0, "hardtanh"), (1.0, "lp"), (1.7, "lp")]))
-    check_against_reference(x_shape, w_shape, (sh, sw), padding, p, input_grad, seed=h * w)
+    check_against_reference(
+        x_shape,
+        w_shape,
+        (sh, sw),
+        padding,
+        p,
+        input_grad,
+        seed=h * w,
+        implementation=implementation,
+    )
 
 
 @pytest.mark.parametrize("padding", ["SAME", "VALID", ((1, 1), (1, 1)), ((0, 2), (2, 1))])
@@ -230,11 +265,14 @@ X, W = jnp.ones((2, 5, 5, 3)), jnp.ones((3, 3, 3, 4))
         (dict(p=2.5), r"p must be in \[1, 2\]"),
         (dict(p=jnp.ones(2)), r"p must be a float in \[1, 2\] or a scalar"),
         (dict(input_grad="sign"), r"input_grad must be 'hardtanh' or 'lp', got 'sign'"),
-        (dict(implementation="cuda"), r"implementation must be 'xla' or 'pallas' or None"),
+        (
+            dict(implementation="cuda"),
+            r"implementation must be 'xla' or 'pallas' or 'native' or None",
+        ),
         (dict(filter_grad="exact"), r"filter_grad must be 'full_precision' or 'sign'"),
         (
             dict(filter_grad="sign", implementation="pallas", interpret=True),
-            r"filter_grad='sign' is implemented by implementation='xla' only",
+            r"filter_grad='sign' is implemented by implementation='xla' and 'native' only",
         ),
         (dict(x=jnp.ones((2, 5, 5, 3), jnp.int32)), r"x must have a floating dtype"),
         (dict(w=np.ones((3, 3, 3, 4), np.int8)), r"w must have a floating dtype"),
@@ -312,13 +350,31 @@ def test_pallas_off_gpu_raises_instead_of_falling_back():
         adderjax.adder_conv(X, W, implementation="pallas")
 
 
-def test_default_implementation_is_pallas_on_gpu_only():
-    expected = "pallas" if jax.default_backend() == "gpu" else "xla"
+def test_default_implementation_is_pallas_on_gpu_native_on_cpu():
+    if jax.default_backend() == "gpu":
+        expected = "pallas"
+    elif jax.default_backend() == "cpu" and adderjax.native.available():
+        expected = "native"
+    else:
+        expected = "xla"
     assert adderjax.default_implementation() == expected
     assert expected in adderjax.available_implementations()
     assert _pallas_calls(lambda x, w: adderjax.adder_conv(x, w), X, W) == (
         ["adder_forward"] if expected == "pallas" else []
     )
+    hlo = jax.jit(lambda x, w: adderjax.adder_conv(x, w)).lower(X, W).as_text()
+    assert ("adderjax_forward_" in hlo) == (expected == "native")
+
+
+def test_unavailable_implementations_say_why_in_one_line():
+    missing = adderjax.unavailable_implementations()
+    assert set(missing) | set(adderjax.available_implementations()) == {"xla", "pallas", "native"}
+    assert not set(missing) & set(adderjax.available_implementations())
+    for name, reason in missing.items():
+        assert reason and "\n" not in reason
+        with pytest.raises(ValueError, match=rf"implementation='{name}' is not available: ") as e:
+            adderjax.adder_conv(X, W, implementation=name)
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize(
@@ -431,7 +487,9 @@ def test_forward_and_vjp_lower_for_accelerators(platform):
     x, w = jnp.ones((2, 8, 8, 3)), jnp.ones((3, 3, 3, 4))
 
     def f(x, w, p):
-        fn = lambda a, b: adderjax.adder_conv(a, b, (2, 2), "SAME", p=p, input_grad="lp")
+        fn = lambda a, b: adderjax.adder_conv(
+            a, b, (2, 2), "SAME", p=p, input_grad="lp", implementation="xla"
+        )
         y, vjp = jax.vjp(fn, x, w)
         return y, *vjp(y)
 
@@ -445,7 +503,7 @@ _FUZZ_VALUES = st.one_of(
     st.integers(-3, 3),
     st.floats(allow_nan=True, allow_infinity=True, width=32),
     st.text(max_size=5),
-    st.sampled_from(["SAME", "VALID", "hardtanh", "lp", "xla", "pallas"]),
+    st.sampled_from(["SAME", "VALID", "hardtanh", "lp", "xla", "pallas", "native"]),
     st.tuples(st.integers(-1, 3), st.integers(-1, 3)),
     st.lists(st.tuples(st.integers(-2, 2), st.integers(-2, 2)), max_size=3),
 )

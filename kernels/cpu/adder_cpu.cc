@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -276,4 +277,16 @@ NB_MODULE(_adder_cpu, m) {
         return bits == 64 ? k.input_grad_workspace_f64(s) : k.input_grad_workspace_f32(s);
       },
       "Elements of workspace the input gradient needs (arguments as forward_workspace).");
+  m.def(
+      "loop_rate",
+      [](const std::string& isa, bool input_grad, int64_t channels, int threads,
+         double seconds) {
+        if (channels < 1 || threads < 1 || !(seconds > 0))
+          throw std::invalid_argument("loop_rate needs channels >= 1, threads >= 1, seconds > 0");
+        nb::gil_scoped_release release;
+        return isa_or_throw(isa).loop_rate_f32(input_grad, channels, threads, seconds);
+      },
+      "float32 terms per second of the register tile the kernels use for `channels` (out for "
+      "the forward, in for the input gradient) on `threads` threads, data in L1: (isa, "
+      "input_grad, channels, threads, seconds).");
 }

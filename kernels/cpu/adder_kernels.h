@@ -17,9 +17,11 @@
 #pragma once
 
 #include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <thread>
 #include <type_traits>
 #include <vector>
 
@@ -566,6 +568,69 @@ void input_grad(const ConvShape& s, const typename V::T* x, const typename V::T*
   }
 #undef ADDERJAX_IG_RULES
 #undef ADDERJAX_IG
+}
+
+// ---------------------------------------------------------------------------------------------
+// The inner loops' own rate: the register tile a layer's channel count selects, run on data
+// that stays in L1, on `threads` threads at once. Terms (one |x - w| or one f(w - x) * g) per
+// second over all threads: the instruction bound the benchmarks compare the kernels against.
+
+template <class V, int MR, int NR>
+double loop_rate_tile(bool input_grad, int threads, double seconds) {
+  using T = typename V::T;
+  constexpr int64_t kLen = 256;  // elements of a run (forward) or outputs (input gradient)
+  auto body = [&](double* rate) {
+    std::vector<T> xbuf(MR * NR * V::kLanes + kLen * MR, T(0.25));
+    std::vector<T> wbuf(kLen * NR * V::kLanes, T(0.5));
+    alignas(64) T out[MR * NR * V::kLanes];
+    const T* rows[MR];
+    for (int r = 0; r < MR; ++r) rows[r] = xbuf.data() + r * kLen;
+    const int64_t zero = 0;
+    const double terms = double(MR) * NR * V::kLanes * kLen;
+    int64_t calls = 0;
+    T sink = 0;
+    const auto t0 = std::chrono::steady_clock::now();
+    double elapsed = 0;
+    while (elapsed < seconds) {
+      for (int i = 0; i < 64; ++i) {
+        if (input_grad)
+          input_grad_tile<V, MR, NR, kHardTanh>(rows, xbuf.data(), wbuf.data(), &zero, 1, kLen,
+                                                T(1), out);
+        else
+          forward_tile<V, MR, NR, kMinIdentity>(rows, wbuf.data(), &zero, 1, kLen, T(1), out);
+        sink += out[0];
+      }
+      calls += 64;
+      elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    }
+    *rate = terms * calls / elapsed + 0 * double(sink);
+  };
+  std::vector<double> rates(threads);
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) pool.emplace_back(body, &rates[t]);
+  for (auto& t : pool) t.join();
+  double total = 0;
+  for (double r : rates) total += r;
+  return total;
+}
+
+template <class V>
+double loop_rate(bool input_grad, int64_t channels, int threads, double seconds) {
+  const int nr = vectors_per_block<V>(channels);
+  if (input_grad) {
+    switch (nr) {
+      case 1: return loop_rate_tile<V, input_grad_mr<V>(1), 1>(true, threads, seconds);
+      case 2: return loop_rate_tile<V, input_grad_mr<V>(2), 2>(true, threads, seconds);
+      case 3: return loop_rate_tile<V, input_grad_mr<V>(3), 3>(true, threads, seconds);
+      default: return loop_rate_tile<V, input_grad_mr<V>(4), 4>(true, threads, seconds);
+    }
+  }
+  switch (nr) {
+    case 1: return loop_rate_tile<V, forward_mr<V>(1), 1>(false, threads, seconds);
+    case 2: return loop_rate_tile<V, forward_mr<V>(2), 2>(false, threads, seconds);
+    case 3: return loop_rate_tile<V, forward_mr<V>(3), 3>(false, threads, seconds);
+    default: return loop_rate_tile<V, forward_mr<V>(4), 4>(false, threads, seconds);
+  }
 }
 
 }  // namespace

@@ -21,6 +21,9 @@ struct IsaKernels {
                          float*, float*, const ParallelFor&);
   void (*input_grad_f64)(const ConvShape&, const double*, const double*, const double*, double,
                          int, double*, double*, const ParallelFor&);
+  // float32 terms per second of the forward's (or the input gradient's) register tile for
+  // this many channels (out, or in), on `threads` threads, data in L1: the instruction bound.
+  double (*loop_rate_f32)(bool input_grad, int64_t channels, int threads, double seconds);
 };
 
 // Defined in isa_avx512.cc and isa_avx2.cc, each compiled for its instruction set.
