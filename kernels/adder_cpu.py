@@ -128,6 +128,14 @@ def _crop(x, pads):
     return x, ((max(0, top), max(0, bottom)), (max(0, left), max(0, right)))
 
 
+def _subsample(x, w_shape, strides, pads):
+    """A strided 1x1 layer without padding reads only x[:, ::sh, ::sw]: the kernels get that,
+    with stride 1 (contiguous pixels, no unused ones). Returns (x, strides)."""
+    if w_shape[:2] != (1, 1) or strides == (1, 1) or any(p != 0 for pair in pads for p in pair):
+        return x, strides
+    return x[:, :: strides[0], :: strides[1]], (1, 1)
+
+
 def _shape_list(x_shape, w_shape, strides, pads):
     n, h, w, c = x_shape
     kh, kw, _, o = w_shape
@@ -195,6 +203,7 @@ def forward(
     rule = formula if p == 1.0 else "square" if p == 2.0 else "pow"
     _register()
     x, pads = _crop(x, pads)
+    x, strides = _subsample(x, w.shape, strides, pads)
     shape, (ho, wo) = _shape_list(x.shape, w.shape, strides, pads)
     out_shape = (x.shape[0], ho, wo, w.shape[3])
     if math.prod(out_shape) == 0 or w.size == 0:  # nothing to compute, or empty sums
@@ -250,19 +259,38 @@ def input_grad(
     shape, (ho, wo) = _shape_list(x.shape, w.shape, strides, pads)
     if g.shape != (x.shape[0], ho, wo, w.shape[3]):
         raise ValueError(f"g must be {(x.shape[0], ho, wo, w.shape[3])}, got {g.shape=}")
+    pv = jnp.asarray(p if p is not None else p_value, x.dtype).reshape(())
+    sub, sub_strides = _subsample(x, w.shape, strides, pads)
+    if sub is x:
+        dx = _input_grad_call(x, w, g, pv, strides, pads, rule, chosen)
+    else:
+        # The pixels no tap reads get zero gradient: the subsampled input's, spread back
+        # with interior padding.
+        dx = _input_grad_call(sub, w, g, pv, sub_strides, pads, rule, chosen)
+        (sh, sw), (hs, ws) = strides, sub.shape[1:3]
+        spread = (
+            (0, 0, 0),
+            (0, x.shape[1] - ((hs - 1) * sh + 1), sh - 1),
+            (0, x.shape[2] - ((ws - 1) * sw + 1), sw - 1),
+            (0, 0, 0),
+        )
+        dx = lax.pad(dx, jnp.zeros((), dx.dtype), spread)
+    return _uncrop(dx, full_hw, top, bottom, left, right)
+
+
+def _input_grad_call(x, w, g, pv, strides, pads, rule, chosen):
     if x.size == 0 or g.size == 0 or w.size == 0:  # no input, or no term reaches it
-        dx = jnp.zeros(x.shape, x.dtype)
-        return _uncrop(dx, full_hw, top, bottom, left, right)
+        return jnp.zeros(x.shape, x.dtype)
+    shape, _ = _shape_list(x.shape, w.shape, strides, pads)
     bits = 64 if x.dtype == jnp.float64 else 32
     work = _adder_cpu.input_grad_workspace(chosen, bits, shape)
-    pv = jnp.asarray(p if p is not None else p_value, x.dtype).reshape(())
     call = jax.ffi.ffi_call(
         f"adderjax_input_grad_{chosen}",
         (jax.ShapeDtypeStruct(x.shape, x.dtype), jax.ShapeDtypeStruct((work,), x.dtype)),
         vmap_method="sequential",
     )
     dx, _ = call(x, w, g, pv, **_attrs(strides, pads, _INPUT_GRAD_RULES[rule]))
-    return _uncrop(dx, full_hw, top, bottom, left, right)
+    return dx
 
 
 def _uncrop(dx, full_hw, top, bottom, left, right):

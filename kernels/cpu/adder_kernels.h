@@ -35,6 +35,16 @@ namespace adderjax_cpu {
 namespace {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// fn(i) for i in [0, n), in at most about 128 work items of consecutive i (one item per i
+// would spend more on scheduling than on a short row).
+template <class F>
+void parallel_rows(const ParallelFor& parallel, int64_t n, F&& fn) {
+  const int64_t per = std::max<int64_t>(1, ceil_div(n, 128));
+  parallel(ceil_div(n, per), [&](int64_t item) {
+    for (int64_t i = item * per, end = std::min(n, i + per); i < end; ++i) fn(i);
+  });
+}
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 // Register tiles: (pixels, vectors) per tile for NR = 1..4 vectors.
@@ -193,12 +203,18 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
       const T* xs[MR];
       int64_t base[MR];
       int64_t qs[MR];
+      // Pixel q's (image, row, column), then stepped along the tile.
+      int64_t nn = q / (s.ho * s.wo), hh = (q % (s.ho * s.wo)) / s.wo, ww = q % s.wo;
       for (int r = 0; r < MR; ++r) {
         // The last tile of a chunk repeats its last pixel (computed, not stored).
-        const int64_t qq = std::min(q + r, q1 - 1);
-        const int64_t nn = qq / (s.ho * s.wo), rest = qq % (s.ho * s.wo);
-        const int64_t hh = rest / s.wo, ww = rest % s.wo;
-        qs[r] = qq;
+        if (r > 0 && q + r < q1 && ++ww == s.wo) {
+          ww = 0;
+          if (++hh == s.ho) {
+            hh = 0;
+            ++nn;
+          }
+        }
+        qs[r] = std::min(q + r, q1 - 1);
         base[r] = (nn * plan.hp + hh * s.sh) * plan.wp + ww * s.sw;
         xs[r] = xsrc + base[r] * s.c;
       }
@@ -258,12 +274,19 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
   wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
   T* sw = wpk + plan.wpk_size;
   const bool need_sums = rule == kMinIdentity;
-  // The padded input (if any) and each input pixel's channel sum, one padded row per item.
+  // The padded input (if any) and the channel sum of each input pixel that a tap reads (with
+  // a kernel smaller than the stride, not all of them), one padded row per item.
+  const auto read = [](int64_t i, int64_t k, int64_t st, int64_t out) {
+    // Some output o < out and tap t < k with i = o * st + t.
+    if (k >= st) return i < (out - 1) * st + k;
+    return i % st < k && i / st < out;
+  };
   if (plan.padded || need_sums) {
-    parallel(s.n * plan.hp, [&](int64_t item) {
+    parallel_rows(parallel, s.n * plan.hp, [&](int64_t item) {
       const int64_t nn = item / plan.hp, hh = item % plan.hp;
       const int64_t h_in = hh - s.pt;
       const bool row_in = h_in >= 0 && h_in < s.h;
+      const bool row_read = read(hh, s.kh, s.sh, s.ho);
       for (int64_t ww = 0; ww < plan.wp; ++ww) {
         const int64_t w_in = ww - s.pl;
         const bool in = row_in && w_in >= 0 && w_in < s.w;
@@ -273,7 +296,8 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
           if (in) std::memcpy(xpad + dst * s.c, src, sizeof(T) * s.c);
           else std::memset(xpad + dst * s.c, 0, sizeof(T) * s.c);
         }
-        if (need_sums) ssum[dst] = in ? sum_values<V>(src, s.c) : T(0);
+        if (need_sums && row_read && read(ww, s.kw, s.sw, s.wo))
+          ssum[dst] = in ? sum_values<V>(src, s.c) : T(0);
       }
     });
   }
@@ -522,7 +546,7 @@ void input_grad(const ConvShape& s, const typename V::T* x, const typename V::T*
   T* wpk = gpad + plan.gpad_size;
   wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
   // The cotangent with a zero border wide enough for every tap of every input pixel.
-  parallel(s.n * plan.hg, [&](int64_t item) {
+  parallel_rows(parallel, s.n * plan.hg, [&](int64_t item) {
     const int64_t nn = item / plan.hg, gr = item % plan.hg;
     const int64_t row = gr + plan.rlo;
     T* dst = gpad + (nn * plan.hg + gr) * plan.wg * s.o;
@@ -599,6 +623,9 @@ double loop_rate_tile(bool input_grad, int threads, double seconds) {
         else
           forward_tile<V, MR, NR, kMinIdentity>(rows, wbuf.data(), &zero, 1, kLen, T(1), out);
         sink += out[0];
+        // The tiles read memory that nothing changes: without this barrier the compiler
+        // hoists them out of the loop.
+        asm volatile("" : : "r"(xbuf.data()), "r"(wbuf.data()), "r"(out) : "memory");
       }
       calls += 64;
       elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
