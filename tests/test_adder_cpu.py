@@ -222,3 +222,21 @@ def test_bad_arguments_raise_one_clear_line(call, match):
     with pytest.raises(ValueError, match=match) as info:
         call(x, w, g)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_large_outputs_written_with_streaming_stores_are_right(isa):
+    # A 1x1 layer whose 16.8 MB output passes kStreamBytes (non-temporal stores, huge pages):
+    # against the exact |x - w| form of the same kernels, and, on a slice, the reference.
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(4, 64, 64, 32)), jnp.float32)
+    w = jnp.asarray(rng.normal(size=(1, 1, 32, 256)), jnp.float32)
+    kw = dict(strides=(1, 1), pads=((0, 0), (0, 0)), isa=isa)
+    y = adder_cpu.forward(x, w, **kw)
+    exact = adder_cpu.forward(x, w, formula="abs", **kw)
+    assert float(jnp.max(jnp.abs(y - exact))) < 1e-4 * float(jnp.max(jnp.abs(exact)))
+    with jax.enable_x64(True):
+        want = reference.adder_conv(
+            x[:1, :4].astype(jnp.float64), w.astype(jnp.float64), (1, 1), ((0, 0), (0, 0))
+        )
+    np.testing.assert_allclose(np.asarray(exact[:1, :4]), np.asarray(want), rtol=1e-5)

@@ -25,6 +25,7 @@ struct Avx512F {
   static reg set1(T v) { return _mm512_set1_ps(v); }
   static reg load(const T* p) { return _mm512_loadu_ps(p); }
   static void store(T* p, reg v) { _mm512_storeu_ps(p, v); }
+  static void stream(T* p, reg v) { _mm512_stream_ps(p, v); }
   static reg bcast(const T* p) { return _mm512_set1_ps(*p); }
   static reg add(reg a, reg b) { return _mm512_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_ps(a, b); }
@@ -68,6 +69,7 @@ struct Avx512D {
   static reg set1(T v) { return _mm512_set1_pd(v); }
   static reg load(const T* p) { return _mm512_loadu_pd(p); }
   static void store(T* p, reg v) { _mm512_storeu_pd(p, v); }
+  static void stream(T* p, reg v) { _mm512_stream_pd(p, v); }
   static reg bcast(const T* p) { return _mm512_set1_pd(*p); }
   static reg add(reg a, reg b) { return _mm512_add_pd(a, b); }
   static reg sub(reg a, reg b) { return _mm512_sub_pd(a, b); }
@@ -110,6 +112,7 @@ struct Avx2F {
   static reg set1(T v) { return _mm256_set1_ps(v); }
   static reg load(const T* p) { return _mm256_loadu_ps(p); }
   static void store(T* p, reg v) { _mm256_storeu_ps(p, v); }
+  static void stream(T* p, reg v) { _mm256_stream_ps(p, v); }
   static reg bcast(const T* p) { return _mm256_broadcast_ss(p); }
   static reg add(reg a, reg b) { return _mm256_add_ps(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_ps(a, b); }
@@ -161,6 +164,7 @@ struct Avx2D {
   static reg set1(T v) { return _mm256_set1_pd(v); }
   static reg load(const T* p) { return _mm256_loadu_pd(p); }
   static void store(T* p, reg v) { _mm256_storeu_pd(p, v); }
+  static void stream(T* p, reg v) { _mm256_stream_pd(p, v); }
   static reg bcast(const T* p) { return _mm256_broadcast_sd(p); }
   static reg add(reg a, reg b) { return _mm256_add_pd(a, b); }
   static reg sub(reg a, reg b) { return _mm256_sub_pd(a, b); }
