@@ -1,11 +1,12 @@
 """The native path of the adder op: the C++ CPU kernels of `kernels.adder_cpu` behind
 `adderjax.xla`'s interface.
 
-The forward and the input gradient run the native kernels; the filter gradient stays on XLA
-(``x^T g`` is its convolution's weight gradient, ``w * sum(g)`` one reduction, the same split
-as on GPU). Inputs are computed in `geometry.compute_dtype` (bfloat16 and float16 in float32),
+The forward, the input gradient and the full-precision filter gradient's correlation
+(``x^T g``, a convolution's weight gradient; ``w * sum(g)`` is one XLA reduction) run the
+native kernels. Inputs are computed in `geometry.compute_dtype` (bfloat16 and float16 in float32),
 a traced p runs the branches of `geometry.with_static_p`, and under a mesh each call runs in
-the `shard_map` of `adderjax.batch_parallel` (XLA cannot partition a custom call).
+the `shard_map` of `adderjax.batch_parallel` (XLA cannot partition a custom call), the
+filter gradient summed over the batch shards.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ import jax.numpy as jnp
 from adderjax import batch_parallel, geometry
 from kernels import adder_cpu
 
-__all__ = ["available", "filter_formula", "forward", "input_grad", "unavailable_reason"]
+__all__ = [
+    "available",
+    "filter_formula",
+    "filter_grad",
+    "forward",
+    "input_grad",
+    "unavailable_reason",
+]
 
 
 def available() -> bool:
@@ -78,3 +86,18 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str):
         return geometry.with_static_p(run, p, p_static)
 
     return batch_parallel.batch_parallel(local, (x, g), (w, p))
+
+
+def filter_grad(x, w, g, geom: geometry.ConvGeometry):
+    """dw = sum g * (x_patch - w) = corr(x, g) - w * sum_{n,h,w} g: the full-precision gradient,
+    corr from the native kernel, summed over the batch shards under a mesh."""
+    dtype = geometry.compute_dtype(x.dtype, w.dtype, g.dtype)
+    x, w, g = _cast(dtype, x, w, g)
+
+    def local(x, g):
+        return adder_cpu.filter_corr(
+            x, g, kernel_hw=geom.kernel_hw, strides=geom.strides, pads=geom.pads
+        )
+
+    corr = batch_parallel.batch_parallel(local, (x, g), (), sum_output=True)
+    return corr - w * jnp.sum(g, axis=(0, 1, 2))[None, None, None, :]

@@ -115,11 +115,12 @@ def _adder_conv_bwd(geom, p_static, input_grad, filter_grad, implementation, res
             dx = xla.input_grad(x, w, g, p, geom, p_static, input_grad)
         else:
             dx = native.input_grad(x, w, g, p, geom, p_static, input_grad)
-        # The filter gradient is XLA's on CPU too: x^T g is its convolution's weight gradient.
-        if filter_grad == "sign":
+        if filter_grad == "sign":  # the ablation's rule: XLA's on both paths
             dw = xla.sign_filter_grad(x, w, g, geom)
-        else:
+        elif implementation == "xla":
             dw = xla.filter_grad(x, w, g, geom)
+        else:
+            dw = native.filter_grad(x, w, g, geom)
     else:
         interpret = implementation == _PALLAS_INTERPRET
         dx = pallas.input_grad(x, w, g, p, geom, p_static, input_grad, interpret=interpret)
@@ -168,7 +169,7 @@ def adder_conv(
       filter_grad: "full_precision", the paper's ``sum g * (x_patch - w)`` (eq. 5), or
         "sign", ``sum g * sign(x_patch - w)``, the true derivative of the l_1 forward: the
         rule the paper's ablation (Table 4) compares against. "sign" is implemented by the
-        "xla" and "native" paths (its filter gradient is XLA's on both); it holds an
+        "xla" and "native" paths (by XLA operations on both); it holds an
         (N, Ho, Wo, Cin, Cout) tensor per filter tap.
       implementation: None (the best for the current backend: "pallas" on GPU, "native" on
         CPU where its extension was built, else "xla"), "xla" (XLA operations, any backend),

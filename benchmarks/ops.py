@@ -12,8 +12,10 @@ default implementation (on CPU the native kernels of `kernels/cpu/`), and the XL
 peak memory of each compiled f+b as XLA's buffer assignment reports it (arguments + outputs +
 temporaries). With the native kernels, a second table puts their forward and input gradient
 beside their instruction bound: the shape's terms at the rate that its register tile reaches
-on data in L1 on all threads (`kernels.adder_cpu.loop_rate`, measured here, now), and the
-convolution's GFLOP/s beside a float32 GEMM's. Prints markdown tables.
+on data in L1 on all threads (`kernels.adder_cpu.loop_rate`, measured here, now), the
+convolution's GFLOP/s beside a float32 GEMM's, and the filter gradient's correlation
+(``x^T g``, `kernels.adder_cpu.filter_corr`, FMAs like a GEMM's) in GFLOP/s beside both.
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -80,6 +82,10 @@ def adder_xla(x, w, strides, padding):
 
 def native_input_grad(x, w, g, strides, padding):
     return adder_cpu.input_grad(x, w, g, strides=strides, pads=padding)
+
+
+def native_filter_corr(x, w, g, strides, padding):
+    return adder_cpu.filter_corr(x, g, kernel_hw=w.shape[:2], strides=strides, pads=padding)
 
 
 def forward_backward(fn):
@@ -155,6 +161,7 @@ def bench_shape(shape, warmup, repeats, with_xla: bool, native: bool):
         mem[label] = peak_bytes(calls[f"{label}_fb"][0])
     if native:
         calls["native_dx"] = compile_fn(native_input_grad, (x, w, g, (s, s), pad))
+        calls["native_dw"] = compile_fn(native_filter_corr, (x, w, g, (s, s), pad))
     row = time_round_robin(calls, warmup, repeats)
     row.update(name=name, mem=mem, terms=n * ho * ho * cout * k * k * cin)
     return row
@@ -225,9 +232,9 @@ def print_bounds(rows, shapes, threads):
     print()
     print(
         "| shape | fwd ms | fwd bound ms | fwd / bound | dx ms | dx bound ms | dx / bound "
-        "| fwd Gterm/s | conv GFLOP/s | conv / GEMM |"
+        "| fwd Gterm/s | conv GFLOP/s | conv / GEMM | dw corr ms | dw GFLOP/s | dw / GEMM |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     rates = {}
     for r, shape in zip(rows, shapes, strict=True):
         _, _, _, cin, cout, _, _ = shape
@@ -237,11 +244,13 @@ def print_bounds(rows, shapes, threads):
         fwd_bound = 1e3 * r["terms"] / rates[False, cout]
         dx_bound = 1e3 * r["terms"] / rates[True, cin]
         conv_gflops = 2 * r["terms"] / (r["conv_fwd"] * 1e-3) / 1e9
+        dw_gflops = 2 * r["terms"] / (r["native_dw"] * 1e-3) / 1e9
         print(
             f"| {r['name']} | {r['adder_fwd']:.2f} | {fwd_bound:.2f} | "
             f"{r['adder_fwd'] / fwd_bound:.2f} | {r['native_dx']:.2f} | {dx_bound:.2f} | "
             f"{r['native_dx'] / dx_bound:.2f} | {r['terms'] / r['adder_fwd'] / 1e6:.1f} | "
-            f"{conv_gflops:.0f} | {conv_gflops / gemm:.2f} |",
+            f"{conv_gflops:.0f} | {conv_gflops / gemm:.2f} | {r['native_dw']:.2f} | "
+            f"{dw_gflops:.0f} | {dw_gflops / gemm:.2f} |",
             flush=True,
         )
 

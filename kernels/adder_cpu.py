@@ -1,7 +1,8 @@
 """Native CPU kernels of the adder op: C++ (`kernels/cpu/`) behind XLA's FFI.
 
-`forward` and `input_grad` take NHWC inputs and HWIO filters in float32 or float64 and call
-the handlers of the `kernels.cpu._adder_cpu` extension, which `pip install` builds with CMake
+`forward`, `input_grad` and `filter_corr` (the filter gradient's ``x^T g``) take NHWC inputs
+and HWIO filters (or their shape) in float32 or float64 and call the handlers of the
+`kernels.cpu._adder_cpu` extension, which `pip install` builds with CMake
 (scikit-build-core). The C++ side only loops: register tiles of rank-1 updates, AVX-512 or
 AVX2 picked at run time, XLA's intra-op thread pool, and results that depend on the shapes
 only (bitwise the same for any thread count). This side owns the shapes: negative padding is
@@ -37,6 +38,7 @@ __all__ = [
     "ISAS",
     "Formula",
     "available",
+    "filter_corr",
     "forward",
     "input_grad",
     "isa",
@@ -299,3 +301,45 @@ def _uncrop(dx, full_hw, top, bottom, left, right):
         return dx
     pads = (max(0, -top), max(0, -bottom), 0), (max(0, -left), max(0, -right), 0)
     return lax.pad(dx, jnp.zeros((), dx.dtype), ((0, 0, 0), *pads, (0, 0, 0)))
+
+
+def filter_corr(x, g, *, kernel_hw, strides, pads, isa: str | None = None):
+    """corr[i, j, c, o] = sum_{n, q} x[n, q * s + (i, j) - pad, c] * g[n, q, o], (kh, kw, C, O).
+
+    The correlation part of the full-precision filter gradient, ``dw = corr - w * sum g``
+    (a convolution's filter gradient): FMA register tiles over input and output channels, no
+    patches, bitwise the same for any thread count.
+
+    Args:
+      x: (N, H, W, C), float32 or float64.
+      g: the cotangent (N, Ho, Wo, O), x's dtype.
+      kernel_hw: (kh, kw); strides and pads as in `forward`.
+    """
+    if x.ndim != 4 or g.ndim != 4 or g.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"x must be (N, H, W, C) and g (N, Ho, Wo, O), got {x.shape=} and {g.shape=}"
+        )
+    if len(kernel_hw) != 2 or min(kernel_hw) < 1:
+        raise ValueError(f"kernel_hw must be two positive ints, got {kernel_hw=}")
+    w_shape = (*kernel_hw, x.shape[3], g.shape[3])
+    _check(x, jax.ShapeDtypeStruct(w_shape, x.dtype), strides, pads, g)
+    chosen = _check_isa(isa)
+    _register()
+    x, pads = _crop(x, pads)
+    x, strides = _subsample(x, w_shape, strides, pads)
+    shape, (ho, wo) = _shape_list(x.shape, w_shape, strides, pads)
+    if g.shape != (x.shape[0], ho, wo, w_shape[3]):
+        raise ValueError(f"g must be {(x.shape[0], ho, wo, w_shape[3])}, got {g.shape=}")
+    if x.size == 0 or g.size == 0:  # empty sums
+        return jnp.zeros(w_shape, x.dtype)
+    bits = 64 if x.dtype == jnp.float64 else 32
+    work = _adder_cpu.filter_corr_workspace(chosen, bits, shape)
+    call = jax.ffi.ffi_call(
+        f"adderjax_filter_corr_{chosen}",
+        (jax.ShapeDtypeStruct(w_shape, x.dtype), jax.ShapeDtypeStruct((work,), x.dtype)),
+        vmap_method="sequential",
+    )
+    attrs = _attrs(strides, pads, 0)
+    del attrs["rule"]
+    corr, _ = call(x, g, **attrs)
+    return corr

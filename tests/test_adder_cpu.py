@@ -43,7 +43,8 @@ def random(shape, dtype, seed):
 
 
 def check(x_shape, w_shape, strides, pads, dtype, isa, seed=0):
-    """Every forward and input-gradient rule against the float64 reference."""
+    """Every forward and input-gradient rule, and the filter gradient's correlation, against
+    the float64 reference."""
     x, w = random(x_shape, dtype, seed), random(w_shape, dtype, seed + 1)
     x64, w64 = x.astype(jnp.float64), w.astype(jnp.float64)
     # float64: the kernels' own rounding; float32: the min identity's, which grows with
@@ -65,9 +66,18 @@ def check(x_shape, w_shape, strides, pads, dtype, isa, seed=0):
             x64, w64, g.astype(jnp.float64), strides, pads, p=p, input_grad=rule
         )
         assert dx.dtype == dtype and dx.shape == x.shape
-        scale = max(float(jnp.max(jnp.abs(want))), 1e-9)
+        # Terms of either sign can cancel (one pixel, a few taps): the floor is a term's size.
+        scale = max(float(jnp.max(jnp.abs(want))), float(jnp.max(jnp.abs(g))))
         err = float(jnp.max(jnp.abs(dx - want))) / scale
         assert err < tol, f"input_grad {rule} p={p}: relative error {err:.2e}"
+    # The full-precision filter gradient is corr - w * sum g (eq. 5): the kernel's corr.
+    corr = adder_cpu.filter_corr(x, g, kernel_hw=w_shape[:2], strides=strides, pads=pads, isa=isa)
+    _, dw = reference.adder_conv_backward(x64, w64, g.astype(jnp.float64), strides, pads)
+    want = dw + w64 * jnp.sum(g.astype(jnp.float64), axis=(0, 1, 2))[None, None, None]
+    assert corr.dtype == dtype and corr.shape == w.shape
+    scale = max(float(jnp.max(jnp.abs(want))), float(jnp.max(jnp.abs(x)) * jnp.max(jnp.abs(g))))
+    err = float(jnp.max(jnp.abs(corr - want))) / scale
+    assert err < tol, f"filter_corr: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -116,10 +126,11 @@ def test_results_are_bitwise_the_same_for_any_thread_count(tmp_path):
         kw = dict(strides=(2, 2), pads=((1, 1), (1, 1)))
         f = jax.jit(lambda x, w: adder_cpu.forward(x, w, **kw))
         d = jax.jit(lambda x, w, g: adder_cpu.input_grad(x, w, g, **kw))
-        a = [np.asarray(f(x, w)), np.asarray(d(x, w, g))]
-        b = [np.asarray(f(x, w)), np.asarray(d(x, w, g))]
+        c = jax.jit(lambda x, g: adder_cpu.filter_corr(x, g, kernel_hw=(3, 3), **kw))
+        a = [np.asarray(f(x, w)), np.asarray(d(x, w, g)), np.asarray(c(x, g))]
+        b = [np.asarray(f(x, w)), np.asarray(d(x, w, g)), np.asarray(c(x, g))]
         assert all(np.array_equal(u, v) for u, v in zip(a, b)), "run to run"
-        np.savez(sys.argv[1], y=a[0], dx=a[1])
+        np.savez(sys.argv[1], y=a[0], dx=a[1], corr=a[2])
         """
     )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
@@ -131,7 +142,7 @@ def test_results_are_bitwise_the_same_for_any_thread_count(tmp_path):
             cmd = ["taskset", "-c", cpus, *cmd]  # XLA sizes its pool by the usable CPUs
         subprocess.run(cmd, check=True, env=env)
         outs.append(np.load(out))
-    for key in ("y", "dx"):
+    for key in ("y", "dx", "corr"):
         assert np.array_equal(outs[0][key], outs[1][key]), key
 
 
@@ -141,13 +152,17 @@ def test_the_compiled_program_calls_the_kernels():
     kw = dict(strides=(1, 1), pads=((0, 0), (0, 0)))
     text = (
         jax.jit(
-            lambda x, w, g: (adder_cpu.forward(x, w, **kw), adder_cpu.input_grad(x, w, g, **kw))
+            lambda x, w, g: (
+                adder_cpu.forward(x, w, **kw),
+                adder_cpu.input_grad(x, w, g, **kw),
+                adder_cpu.filter_corr(x, g, kernel_hw=(3, 3), **kw),
+            )
         )
         .lower(x, w, g)
         .as_text()
     )
-    assert f"adderjax_forward_{adder_cpu.isa()}" in text
-    assert f"adderjax_input_grad_{adder_cpu.isa()}" in text
+    for kernel in ("forward", "input_grad", "filter_corr"):
+        assert f"adderjax_{kernel}_{adder_cpu.isa()}" in text
 
 
 def test_vmap_runs_each_element():
@@ -164,6 +179,10 @@ def test_empty_inputs_give_empty_or_zero_outputs():
     assert y.shape == (0, 2, 2, 5)
     y = adder_cpu.forward(jnp.ones((1, 4, 4, 0)), jnp.ones((3, 3, 0, 5)), **kw)
     np.testing.assert_array_equal(y, np.zeros((1, 2, 2, 5)))
+    corr = adder_cpu.filter_corr(
+        jnp.ones((0, 4, 4, 2)), jnp.ones((0, 2, 2, 5)), kernel_hw=(3, 3), **kw
+    )
+    np.testing.assert_array_equal(corr, np.zeros((3, 3, 2, 5)))
 
 
 def test_isa_environment_variable_picks_the_build(monkeypatch):
@@ -213,6 +232,18 @@ def test_isa_environment_variable_picks_the_build(monkeypatch):
                 x, w, g, strides=(1, 1), pads=((0, 0),) * 2, input_grad="sign"
             ),
             r"input_grad must be",
+        ),
+        (
+            lambda x, w, g: adder_cpu.filter_corr(
+                x, g[:, :, :1], kernel_hw=(3, 3), strides=(1, 1), pads=((0, 0),) * 2
+            ),
+            r"g must be \(1, 2, 2, 4\)",
+        ),
+        (
+            lambda x, w, g: adder_cpu.filter_corr(
+                x, g, kernel_hw=(3, 0), strides=(1, 1), pads=((0, 0),) * 2
+            ),
+            r"kernel_hw must be two positive ints",
         ),
     ],
 )

@@ -1,6 +1,7 @@
 // XLA FFI handlers of the adder op on CPU and the Python module that registers them.
 //
-// One handler per (function, instruction set): adderjax_{forward,input_grad}_{avx512,avx2}.
+// One handler per (function, instruction set):
+// adderjax_{forward,input_grad,filter_corr}_{avx512,avx2}.
 // Each checks its buffers, turns the attributes into a ConvShape and runs the kernels of
 // adder_kernels.h on XLA's intra-op thread pool. Shapes, padding and the choice of rule are
 // worked out on the Python side (kernels/adder_cpu.py); the workspace is an extra output that
@@ -105,14 +106,15 @@ ffi::Error check_rank(const char* what, const ffi::AnyBuffer& b, size_t rank) {
   return ffi::Error::Success();
 }
 
-// The shape from x (N, H, W, C), w (kh, kw, C, O), the output (N, Ho, Wo, O) and attributes.
-ffi::Error conv_shape(const ffi::AnyBuffer& x, const ffi::AnyBuffer& w,
+// The shape from x (N, H, W, C), w's dimensions (kh, kw, C, O), the output's (N, Ho, Wo, O)
+// and the attributes.
+ffi::Error conv_shape(const ffi::AnyBuffer& x, ffi::Span<const int64_t> wd,
                       ffi::Span<const int64_t> out_dims, int64_t sh, int64_t sw, int64_t pt,
                       int64_t pb, int64_t pl, int64_t pr, ConvShape* out) {
   if (auto e = check_rank("x", x, 4); e.failure()) return e;
-  if (auto e = check_rank("w", w, 4); e.failure()) return e;
+  if (wd.size() != 4) return ffi::Error::InvalidArgument("w must have rank 4");
   if (out_dims.size() != 4) return ffi::Error::InvalidArgument("the output must have rank 4");
-  auto xd = x.dimensions(), wd = w.dimensions();
+  auto xd = x.dimensions();
   ConvShape& s = *out;
   s = ConvShape{xd[0], xd[1], xd[2], xd[3], wd[0], wd[1], wd[3], sh, sw, pt, pb, pl, pr,
               out_dims[1], out_dims[2]};
@@ -137,8 +139,8 @@ ffi::Error forward_impl(const IsaKernels* isa, ffi::ThreadPool pool, ffi::AnyBuf
                         int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
                         int64_t pad_right, int64_t rule) {
   ConvShape s;
-  if (auto e = conv_shape(x, w, y->dimensions(), stride_h, stride_w, pad_top, pad_bottom,
-                          pad_left, pad_right, &s);
+  if (auto e = conv_shape(x, w.dimensions(), y->dimensions(), stride_h, stride_w, pad_top,
+                          pad_bottom, pad_left, pad_right, &s);
       e.failure())
     return e;
   const auto dt = x.element_type();
@@ -172,8 +174,8 @@ ffi::Error input_grad_impl(const IsaKernels* isa, ffi::ThreadPool pool, ffi::Any
                            int64_t pad_bottom, int64_t pad_left, int64_t pad_right,
                            int64_t rule) {
   ConvShape s;
-  if (auto e = conv_shape(x, w, g.dimensions(), stride_h, stride_w, pad_top, pad_bottom,
-                          pad_left, pad_right, &s);
+  if (auto e = conv_shape(x, w.dimensions(), g.dimensions(), stride_h, stride_w, pad_top,
+                          pad_bottom, pad_left, pad_right, &s);
       e.failure())
     return e;
   const auto dt = x.element_type();
@@ -198,6 +200,37 @@ ffi::Error input_grad_impl(const IsaKernels* isa, ffi::ThreadPool pool, ffi::Any
     isa->input_grad_f64(s, x.typed_data<double>(), w.typed_data<double>(),
                         g.typed_data<double>(), scalar<double>(p) - 1, int(rule),
                         dx->typed_data<double>(), work->typed_data<double>(), parallel);
+  } else {
+    return ffi::Error::InvalidArgument("dtype must be float32 or float64");
+  }
+  return ffi::Error::Success();
+}
+
+ffi::Error filter_corr_impl(const IsaKernels* isa, ffi::ThreadPool pool, ffi::AnyBuffer x,
+                            ffi::AnyBuffer g, ffi::Result<ffi::AnyBuffer> corr,
+                            ffi::Result<ffi::AnyBuffer> work, int64_t stride_h, int64_t stride_w,
+                            int64_t pad_top, int64_t pad_bottom, int64_t pad_left,
+                            int64_t pad_right) {
+  ConvShape s;
+  if (auto e = conv_shape(x, corr->dimensions(), g.dimensions(), stride_h, stride_w, pad_top,
+                          pad_bottom, pad_left, pad_right, &s);
+      e.failure())
+    return e;
+  const auto dt = x.element_type();
+  if (g.element_type() != dt || corr->element_type() != dt || work->element_type() != dt)
+    return ffi::Error::InvalidArgument("x, g, corr and the workspace must share one dtype");
+  const ParallelFor parallel = make_parallel(&pool);
+  advise_huge_pages(work->untyped_data(), work->size_bytes());
+  if (dt == ffi::DataType::F32) {
+    if (int64_t(work->element_count()) < isa->filter_corr_workspace_f32(s))
+      return ffi::Error::InvalidArgument("workspace too small");
+    isa->filter_corr_f32(s, x.typed_data<float>(), g.typed_data<float>(),
+                         corr->typed_data<float>(), work->typed_data<float>(), parallel);
+  } else if (dt == ffi::DataType::F64) {
+    if (int64_t(work->element_count()) < isa->filter_corr_workspace_f64(s))
+      return ffi::Error::InvalidArgument("workspace too small");
+    isa->filter_corr_f64(s, x.typed_data<double>(), g.typed_data<double>(),
+                         corr->typed_data<double>(), work->typed_data<double>(), parallel);
   } else {
     return ffi::Error::InvalidArgument("dtype must be float32 or float64");
   }
@@ -230,6 +263,26 @@ ffi::Error input_grad_impl(const IsaKernels* isa, ffi::ThreadPool pool, ffi::Any
     return input_grad_impl(&ISA##_kernels(), pool, x, w, g, p, dx, work, sh, sw, pt, pb,  \
                            pl, pr, rule);                                                 \
   }                                                                                       \
+  ffi::Error filter_corr_##ISA(ffi::ThreadPool pool, ffi::AnyBuffer x, ffi::AnyBuffer g,    \
+                               ffi::Result<ffi::AnyBuffer> corr,                          \
+                               ffi::Result<ffi::AnyBuffer> work, int64_t sh, int64_t sw,  \
+                               int64_t pt, int64_t pb, int64_t pl, int64_t pr) {          \
+    return filter_corr_impl(&ISA##_kernels(), pool, x, g, corr, work, sh, sw, pt, pb, pl,  \
+                            pr);                                                          \
+  }                                                                                       \
+  XLA_FFI_DEFINE_HANDLER_SYMBOL(FilterCorrHandler_##ISA, filter_corr_##ISA,               \
+                                ffi::Ffi::Bind()                                          \
+                                    .Ctx<ffi::ThreadPool>()                               \
+                                    .Arg<ffi::AnyBuffer>()                                \
+                                    .Arg<ffi::AnyBuffer>()                                \
+                                    .Ret<ffi::AnyBuffer>()                                \
+                                    .Ret<ffi::AnyBuffer>()                                \
+                                    .Attr<int64_t>("stride_h")                            \
+                                    .Attr<int64_t>("stride_w")                            \
+                                    .Attr<int64_t>("pad_top")                             \
+                                    .Attr<int64_t>("pad_bottom")                          \
+                                    .Attr<int64_t>("pad_left")                            \
+                                    .Attr<int64_t>("pad_right"));                         \
   XLA_FFI_DEFINE_HANDLER_SYMBOL(ForwardHandler_##ISA, forward_##ISA,                      \
                                 ffi::Ffi::Bind()                                          \
                                     .Ctx<ffi::ThreadPool>()                               \
@@ -276,6 +329,9 @@ NB_MODULE(_adder_cpu, m) {
     d["adderjax_forward_avx512"] = nb::capsule(reinterpret_cast<void*>(ForwardHandler_avx512));
     d["adderjax_input_grad_avx512"] =
         nb::capsule(reinterpret_cast<void*>(InputGradHandler_avx512));
+    d["adderjax_filter_corr_avx512"] =
+        nb::capsule(reinterpret_cast<void*>(FilterCorrHandler_avx512));
+    d["adderjax_filter_corr_avx2"] = nb::capsule(reinterpret_cast<void*>(FilterCorrHandler_avx2));
     d["adderjax_forward_avx2"] = nb::capsule(reinterpret_cast<void*>(ForwardHandler_avx2));
     d["adderjax_input_grad_avx2"] = nb::capsule(reinterpret_cast<void*>(InputGradHandler_avx2));
     return d;
@@ -297,6 +353,15 @@ NB_MODULE(_adder_cpu, m) {
         return bits == 64 ? k.input_grad_workspace_f64(s) : k.input_grad_workspace_f32(s);
       },
       "Elements of workspace the input gradient needs (arguments as forward_workspace).");
+  m.def(
+      "filter_corr_workspace",
+      [](const std::string& isa, int bits, const std::vector<int64_t>& shape) {
+        const IsaKernels& k = isa_or_throw(isa);
+        const ConvShape s = shape_from(shape);
+        return bits == 64 ? k.filter_corr_workspace_f64(s) : k.filter_corr_workspace_f32(s);
+      },
+      "Elements of workspace the filter gradient's correlation needs (arguments as "
+      "forward_workspace).");
   m.def(
       "loop_rate",
       [](const std::string& isa, bool input_grad, int64_t channels, int threads,

@@ -24,6 +24,13 @@ struct IsaKernels {
   // float32 terms per second of the forward's (or the input gradient's) register tile for
   // this many channels (out, or in), on `threads` threads, data in L1: the instruction bound.
   double (*loop_rate_f32)(bool input_grad, int64_t channels, int threads, double seconds);
+  // The filter gradient's correlation corr (kh, kw, c, o) from x and the cotangent g.
+  int64_t (*filter_corr_workspace_f32)(const ConvShape&);
+  int64_t (*filter_corr_workspace_f64)(const ConvShape&);
+  void (*filter_corr_f32)(const ConvShape&, const float*, const float*, float*, float*,
+                          const ParallelFor&);
+  void (*filter_corr_f64)(const ConvShape&, const double*, const double*, double*, double*,
+                          const ParallelFor&);
 };
 
 // Defined in isa_avx512.cc and isa_avx2.cc, each compiled for its instruction set.

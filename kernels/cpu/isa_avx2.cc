@@ -1,6 +1,7 @@
 // The kernels compiled for AVX2 with FMA (-march=x86-64-v3).
 #define ADDERJAX_AVX2 1
 #include "adder_kernels.h"
+#include "filter_grad.h"
 #include "isa.h"
 
 #define ADDERJAX_VF Avx2F

@@ -1,6 +1,7 @@
 // The kernels compiled for AVX-512 (F, DQ, VL; -march=x86-64-v4).
 #define ADDERJAX_AVX512 1
 #include "adder_kernels.h"
+#include "filter_grad.h"
 #include "isa.h"
 
 #define ADDERJAX_VF Avx512F
