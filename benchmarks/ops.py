@@ -185,6 +185,14 @@ def main():
         + (f" ({adder_cpu.isa()})" if native else "")
         + f", median of {args.repeats} round-robin rounds after {args.warmup} warm-up"
     )
+    if native:
+        width = lambda grad, c: 256 if adder_cpu.narrow_tiles(adder_cpu.isa(), grad, c) else 512
+        print(
+            "register tiles at 16 / 32 channels: forward "
+            f"{width(False, 16)} / {width(False, 32)}-bit, input gradient "
+            f"{width(True, 16)} / {width(True, 32)}-bit"
+            + (" (AVX2: 256)" if adder_cpu.isa() == "avx2" else "")
+        )
     print()
     xla_head = " xla fwd ms | xla f+b ms |" if not args.no_xla else ""
     xla_rule = "---:|---:|" if not args.no_xla else ""

@@ -194,6 +194,53 @@ def test_isa_environment_variable_picks_the_build(monkeypatch):
         adder_cpu.isa()
 
 
+def test_a_bad_tiles_variable_is_named(monkeypatch):
+    monkeypatch.setenv(adder_cpu.TILES_ENV, "256")
+    assert not adder_cpu.available()
+    with pytest.raises(ValueError, match=r"ADDERJAX_CPU_TILES='256' is not one of"):
+        adder_cpu.isa()
+
+
+@pytest.mark.skipif("avx512" not in ISAS, reason="only the AVX-512 build has two tile widths")
+def test_both_tile_widths_give_the_same_bits(tmp_path):
+    """256- and 512-bit tiles (chosen per CPU by their speed) compute the same sums: the
+    choice never changes a result."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import jax.numpy as jnp, numpy as np
+        from kernels import adder_cpu
+        rng = np.random.default_rng(0)
+        out = {}
+        for c, o, s in ((16, 16, 1), (16, 32, 2), (32, 24, 1), (30, 7, 1)):
+            x = jnp.asarray(rng.normal(size=(3, 9, 9, c)), jnp.float32)
+            w = jnp.asarray(rng.normal(size=(3, 3, c, o)), jnp.float32)
+            kw = dict(strides=(s, s), pads=((1, 1), (1, 1)), isa="avx512")
+            y = adder_cpu.forward(x, w, **kw)
+            g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
+            out[f"y{c}_{o}"] = np.asarray(y)
+            out[f"y15{c}_{o}"] = np.asarray(adder_cpu.forward(x, w, p=1.5, **kw))
+            out[f"dx{c}_{o}"] = np.asarray(adder_cpu.input_grad(x, w, g, **kw))
+            lp = adder_cpu.input_grad(x, w, g, input_grad="lp", p=1.5, **kw)
+            out[f"lp{c}_{o}"] = np.asarray(lp)
+            out[f"n{c}_{o}"] = np.array([adder_cpu.narrow_tiles("avx512", False, o),
+                                         adder_cpu.narrow_tiles("avx512", True, c)])
+        np.savez(sys.argv[1], **out)
+        """
+    )
+    outs = {}
+    for tiles in ("wide", "narrow"):
+        env = dict(os.environ, PYTHONPATH=os.getcwd(), **{adder_cpu.TILES_ENV: tiles})
+        path = tmp_path / f"{tiles}.npz"
+        subprocess.run([sys.executable, "-c", script, str(path)], check=True, env=env)
+        outs[tiles] = np.load(path)
+    for key in outs["wide"].files:
+        if key.startswith("n"):  # the widths themselves: as the variable says
+            assert not outs["wide"][key].any() and outs["narrow"][key].all(), key
+        else:
+            np.testing.assert_array_equal(outs["wide"][key], outs["narrow"][key], err_msg=key)
+
+
 @pytest.mark.parametrize(
     "call, match",
     [

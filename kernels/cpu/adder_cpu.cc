@@ -374,4 +374,13 @@ NB_MODULE(_adder_cpu, m) {
       "float32 terms per second of the register tile the kernels use for `channels` (out for "
       "the forward, in for the input gradient) on `threads` threads, data in L1: (isa, "
       "input_grad, channels, threads, seconds).");
+  m.def(
+      "narrow_tiles",
+      [](const std::string& isa, bool input_grad, int64_t channels) {
+        if (channels < 1) throw std::invalid_argument("narrow_tiles needs channels >= 1");
+        nb::gil_scoped_release release;
+        return isa_or_throw(isa).narrow_tiles_f32(input_grad, channels);
+      },
+      "Whether float32 runs 256-bit register tiles for `channels` (the AVX-512 build picks "
+      "them where they are the faster on this CPU): (isa, input_grad, channels).");
 }

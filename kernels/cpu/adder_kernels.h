@@ -19,8 +19,10 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <mutex>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -152,7 +154,8 @@ struct ForwardPlan {
   int64_t nob;       // blocks
   int64_t hp, wp;    // padded input
   bool padded;
-  int64_t xpad_size, ssum_size, wpk_size, sw_size;
+  int64_t xpad_size, ssum_size, psum_size, wpk_size, sw_size;
+  bool own_psum;     // patch sums of their own (else a 1x1 layer's are its pixels' sums)
 
   explicit ForwardPlan(const ConvShape& s) {
     nr = vectors_per_block<V>(s.o);
@@ -164,23 +167,27 @@ struct ForwardPlan {
     padded = s.pt || s.pb || s.pl || s.pr;
     xpad_size = padded ? s.n * hp * wp * s.c : 0;
     ssum_size = s.n * hp * wp;
+    own_psum = !(s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && !padded);
+    psum_size = own_psum ? s.n * s.ho * s.wo : 0;
     wpk_size = nob * s.kh * s.kw * s.c * ob;
     sw_size = s.o;
   }
   // Elements of scratch the caller provides (XLA allocates it, so it shows in memory analyses).
-  int64_t workspace() const { return xpad_size + ssum_size + wpk_size + sw_size + 16; }
+  int64_t workspace() const {
+    return xpad_size + ssum_size + psum_size + wpk_size + sw_size + 16;
+  }
 };
 
 template <class V, int MR, int NR, int RULE>
 void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typename V::T* xsrc,
-                    const typename V::T* ssum, const typename V::T* wpk, const typename V::T* sw,
+                    const typename V::T* psum, const typename V::T* wpk, const typename V::T* sw,
                     typename V::T p, typename V::T* y, const ParallelFor& parallel) {
   using T = typename V::T;
   const int64_t taps = s.kh * s.kw;
-  // Runs of contiguous input: with stride 1 a tap row's kw * c values follow each other.
-  const bool merge = s.sw == 1;
-  const int64_t num_runs = merge ? s.kh : taps;
-  const int64_t run_len = merge ? s.kw * s.c : s.c;
+  // Runs of contiguous input: at any stride, a tap row's kw pixels are neighbours in x, so
+  // its kw * c values follow each other (the packed filters are (i, j, c) in the same order).
+  const int64_t num_runs = s.kh;
+  const int64_t run_len = s.kw * s.c;
   int64_t run_offsets[1024];
   std::vector<int64_t> run_offsets_big;
   int64_t* offs = run_offsets;
@@ -188,10 +195,7 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
     run_offsets_big.resize(num_runs);
     offs = run_offsets_big.data();
   }
-  for (int64_t r = 0; r < num_runs; ++r) {
-    const int64_t i = merge ? r : r / s.kw, j = merge ? 0 : r % s.kw;
-    offs[r] = (i * plan.wp + j) * s.c;
-  }
+  for (int64_t i = 0; i < num_runs; ++i) offs[i] = i * plan.wp * s.c;
   const int64_t pixels = s.n * s.ho * s.wo;
   const int64_t per_chunk = std::max<int64_t>(MR, ceil_div(ceil_div(pixels, 64), MR) * MR);
   const int64_t chunks = ceil_div(pixels, per_chunk);
@@ -232,9 +236,7 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
         T* yq = y + qs[r] * s.o + o0;
         const T* a = acc + r * NR * V::kLanes;
         if constexpr (RULE == kMinIdentity) {
-          T sx = 0;
-          for (int64_t i = 0; i < s.kh; ++i)
-            for (int64_t j = 0; j < s.kw; ++j) sx += ssum[base[r] + i * plan.wp + j];
+          const T sx = psum[qs[r]];
           if (on == ob) {
             const auto sxv = V::set1(sx);
 #pragma GCC unroll 4
@@ -257,17 +259,20 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
   });
 }
 
-// Sum of n values in a fixed order: lanes of vectors, then the lanes in turn.
-template <class V>
-inline typename V::T sum_values(const typename V::T* v, int64_t n) {
-  using T = typename V::T;
-  auto acc = V::zero();
+// Sum of n values in an order no register width changes: eight running sums over v[8k + l],
+// added in turn, then the tail. (The 256- and 512-bit tiles of one build give the same bits.)
+template <class T>
+inline T sum_values(const T* v, int64_t n) {
+  typedef T Lanes8 __attribute__((vector_size(8 * sizeof(T))));
+  Lanes8 part = {};
   int64_t i = 0;
-  for (; i + V::kLanes <= n; i += V::kLanes) acc = V::add(acc, V::load(v + i));
-  alignas(64) T lanes[V::kLanes];
-  V::store(lanes, acc);
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 next;
+    std::memcpy(&next, v + i, sizeof next);
+    part += next;
+  }
   T total = 0;
-  for (int l = 0; l < V::kLanes; ++l) total += lanes[l];
+  for (int l = 0; l < 8; ++l) total += part[l];
   for (; i < n; ++i) total += v[i];
   return total;
 }
@@ -280,13 +285,15 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
   const ForwardPlan<V> plan(s);
   T* xpad = work;
   T* ssum = xpad + plan.xpad_size;
-  T* wpk = ssum + plan.ssum_size;
+  T* psum = plan.own_psum ? ssum + plan.ssum_size : ssum;
+  T* wpk = ssum + plan.ssum_size + plan.psum_size;
   // Packed filters aligned to 64 bytes.
   wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
   T* sw = wpk + plan.wpk_size;
   const bool need_sums = rule == kMinIdentity;
-  // The padded input (if any) and the channel sum of each input pixel that a tap reads (with
-  // a kernel smaller than the stride, not all of them), one padded row per item.
+  // The padded input (if any: one copy of each row's interior, zeros around it) and the
+  // channel sum of each input pixel that a tap reads (with a kernel smaller than the stride,
+  // not all of them), one padded row per item.
   const auto read = [](int64_t i, int64_t k, int64_t st, int64_t out) {
     // Some output o < out and tap t < k with i = o * st + t.
     if (k >= st) return i < (out - 1) * st + k;
@@ -297,18 +304,45 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
       const int64_t nn = item / plan.hp, hh = item % plan.hp;
       const int64_t h_in = hh - s.pt;
       const bool row_in = h_in >= 0 && h_in < s.h;
-      const bool row_read = read(hh, s.kh, s.sh, s.ho);
-      for (int64_t ww = 0; ww < plan.wp; ++ww) {
-        const int64_t w_in = ww - s.pl;
-        const bool in = row_in && w_in >= 0 && w_in < s.w;
-        const T* src = in ? x + ((nn * s.h + h_in) * s.w + w_in) * s.c : nullptr;
-        const int64_t dst = (nn * plan.hp + hh) * plan.wp + ww;
-        if (plan.padded) {
-          if (in) std::memcpy(xpad + dst * s.c, src, sizeof(T) * s.c);
-          else std::memset(xpad + dst * s.c, 0, sizeof(T) * s.c);
+      const T* src = row_in ? x + (nn * s.h + h_in) * s.w * s.c : nullptr;
+      const int64_t dst = (nn * plan.hp + hh) * plan.wp;
+      if (plan.padded) {
+        T* d = xpad + dst * s.c;
+        if (row_in) {
+          std::memset(d, 0, sizeof(T) * s.pl * s.c);
+          std::memcpy(d + s.pl * s.c, src, sizeof(T) * s.w * s.c);
+          std::memset(d + (s.pl + s.w) * s.c, 0, sizeof(T) * s.pr * s.c);
+        } else {
+          std::memset(d, 0, sizeof(T) * plan.wp * s.c);
         }
-        if (need_sums && row_read && read(ww, s.kw, s.sw, s.wo))
-          ssum[dst] = in ? sum_values<V>(src, s.c) : T(0);
+      }
+      if (need_sums && read(hh, s.kh, s.sh, s.ho)) {
+        for (int64_t ww = 0; ww < plan.wp; ++ww) {
+          if (!read(ww, s.kw, s.sw, s.wo)) continue;
+          const int64_t w_in = ww - s.pl;
+          const bool in = row_in && w_in >= 0 && w_in < s.w;
+          ssum[dst + ww] = in ? sum_values(src + w_in * s.c, s.c) : T(0);
+        }
+      }
+    });
+  }
+  // Each output pixel's patch sum, over taps in (i, j) order, vectorized along the row (a
+  // 1x1 layer at stride 1 without padding uses the pixel sums themselves).
+  if (need_sums && plan.own_psum) {
+    parallel_rows(parallel, s.n * s.ho, [&](int64_t row) {
+      const int64_t nn = row / s.ho, hh = row % s.ho;
+      T* out = psum + row * s.wo;
+      for (int64_t q = 0; q < s.wo; ++q) out[q] = 0;
+      for (int64_t i = 0; i < s.kh; ++i) {
+        const T* srow = ssum + (nn * plan.hp + hh * s.sh + i) * plan.wp;
+        for (int64_t j = 0; j < s.kw; ++j) {
+          const T* sp = srow + j;
+          if (s.sw == 1) {
+            for (int64_t q = 0; q < s.wo; ++q) out[q] += sp[q];
+          } else {
+            for (int64_t q = 0; q < s.wo; ++q) out[q] += sp[q * s.sw];
+          }
+        }
       }
     });
   }
@@ -331,7 +365,7 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
   }
   const T* xsrc = plan.padded ? xpad : x;
 #define ADDERJAX_FWD(NR, RULE)                                                              \
-  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, xsrc, ssum, wpk, sw, p, y, parallel)
+  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, xsrc, psum, wpk, sw, p, y, parallel)
 #define ADDERJAX_FWD_RULES(NR)                   \
   switch (rule) {                                \
     case kMinIdentity: ADDERJAX_FWD(NR, kMinIdentity); break; \

@@ -24,6 +24,8 @@ struct IsaKernels {
   // float32 terms per second of the forward's (or the input gradient's) register tile for
   // this many channels (out, or in), on `threads` threads, data in L1: the instruction bound.
   double (*loop_rate_f32)(bool input_grad, int64_t channels, int threads, double seconds);
+  // Whether float32 runs 256-bit tiles (AVX-512 build only) for this many channels.
+  bool (*narrow_tiles_f32)(bool input_grad, int64_t channels);
   // The filter gradient's correlation corr (kh, kw, c, o) from x and the cotangent g.
   int64_t (*filter_corr_workspace_f32)(const ConvShape&);
   int64_t (*filter_corr_workspace_f64)(const ConvShape&);
