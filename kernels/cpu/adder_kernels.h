@@ -7,6 +7,8 @@
 // channels, contiguous in the order the loop reads them) against MR broadcast input values.
 // At p = 1 the default term is min(x, w), two instructions with the add: |x - w| = x + w -
 // 2 min(x, w), with sum x over the patch and sum w per filter added once per output.
+// Work items are bands of whole output rows of one image x a block of output channels; a
+// padded layer's item pads its band's input rows into a buffer of its thread.
 //
 // Input gradient: dx[r, c] = sum_{t, o} g[r - off t, o] * f(w[t, c, o] - x[r, c]) for the taps t
 // that reach input pixel r; a tile is MR input pixels of one stride phase x NR vectors of input
@@ -39,6 +41,9 @@ namespace {
 // Forward outputs of at least this many bytes (half of a Zen 4 CCD's 32 MiB L3) are written
 // with non-temporal stores: ResNet-50's 56x56x256 layer (100 MB) went from 40-48 ms to 30-32.
 constexpr int64_t kStreamBytes = int64_t(16) << 20;
+// The most bytes of padded input rows a forward work item copies into its thread's buffer
+// (half a Zen 4 core's L2).
+constexpr int64_t kBandBytes = int64_t(512) << 10;
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // fn(i) for i in [0, n), in at most about 128 work items of consecutive i (one item per i
@@ -154,7 +159,8 @@ struct ForwardPlan {
   int64_t nob;       // blocks
   int64_t hp, wp;    // padded input
   bool padded;
-  int64_t xpad_size, ssum_size, psum_size, wpk_size, sw_size;
+  int64_t rows_per_band, bands;  // output rows of a work item's band; bands per image
+  int64_t ssum_size, psum_size, wpk_size, sw_size;
   bool own_psum;     // patch sums of their own (else a 1x1 layer's are its pixels' sums)
 
   explicit ForwardPlan(const ConvShape& s) {
@@ -165,7 +171,16 @@ struct ForwardPlan {
     hp = s.h + s.pt + s.pb;
     wp = s.w + s.pl + s.pr;
     padded = s.pt || s.pb || s.pl || s.pr;
-    xpad_size = padded ? s.n * hp * wp * s.c : 0;
+    // Work items are bands of whole output rows of one image (x a block of output channels),
+    // about 64 over the layer; with padding, a band's padded input rows must fit kBandBytes.
+    const int64_t pixels = s.n * s.ho * s.wo;
+    rows_per_band = std::clamp<int64_t>(ceil_div(ceil_div(pixels, 64), s.wo), 1, s.ho);
+    if (padded) {
+      const int64_t row_bytes = int64_t(sizeof(T)) * wp * s.c;
+      const int64_t fit = (kBandBytes / row_bytes - s.kh) / s.sh + 1;
+      rows_per_band = std::max<int64_t>(1, std::min(rows_per_band, fit));
+    }
+    bands = ceil_div(s.ho, rows_per_band);
     ssum_size = s.n * hp * wp;
     own_psum = !(s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && !padded);
     psum_size = own_psum ? s.n * s.ho * s.wo : 0;
@@ -173,13 +188,19 @@ struct ForwardPlan {
     sw_size = s.o;
   }
   // Elements of scratch the caller provides (XLA allocates it, so it shows in memory analyses).
-  int64_t workspace() const {
-    return xpad_size + ssum_size + psum_size + wpk_size + sw_size + 16;
-  }
+  int64_t workspace() const { return ssum_size + psum_size + wpk_size + sw_size + 16; }
 };
 
+// The padded input rows of a work item's band, in a buffer of the thread that runs it (reused
+// from item to item, at most about kBandBytes): the padding never goes through memory.
+template <class T>
+std::vector<T>& band_buffer() {
+  static thread_local std::vector<T> buffer;
+  return buffer;
+}
+
 template <class V, int MR, int NR, int RULE>
-void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typename V::T* xsrc,
+void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typename V::T* x,
                     const typename V::T* psum, const typename V::T* wpk, const typename V::T* sw,
                     typename V::T p, typename V::T* y, const ParallelFor& parallel) {
   using T = typename V::T;
@@ -195,40 +216,57 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
     run_offsets_big.resize(num_runs);
     offs = run_offsets_big.data();
   }
-  for (int64_t i = 0; i < num_runs; ++i) offs[i] = i * plan.wp * s.c;
+  const int64_t row_values = plan.wp * s.c;  // a (padded) input row
+  for (int64_t i = 0; i < num_runs; ++i) offs[i] = i * row_values;
   const int64_t pixels = s.n * s.ho * s.wo;
-  const int64_t per_chunk = std::max<int64_t>(MR, ceil_div(ceil_div(pixels, 64), MR) * MR);
-  const int64_t chunks = ceil_div(pixels, per_chunk);
   const int64_t ob = plan.ob;
   // Outputs much larger than the last-level cache go to memory with non-temporal stores (no
   // read for ownership of lines that are wholly overwritten), where every store is aligned.
   const bool stream = int64_t(sizeof(T)) * pixels * s.o >= kStreamBytes &&
                       s.o % V::kLanes == 0 &&
                       reinterpret_cast<uintptr_t>(y) % (sizeof(T) * V::kLanes) == 0;
-  parallel(chunks * plan.nob, [&](int64_t item) {
-    const int64_t blk = item % plan.nob, chunk = item / plan.nob;
-    const int64_t q0 = chunk * per_chunk, q1 = std::min(pixels, q0 + per_chunk);
+  parallel(s.n * plan.bands * plan.nob, [&](int64_t item) {
+    const int64_t blk = item % plan.nob, band = item / plan.nob;
+    const int64_t nn = band / plan.bands, h0 = (band % plan.bands) * plan.rows_per_band;
+    const int64_t h1 = std::min(s.ho, h0 + plan.rows_per_band);
+    const int64_t q0 = (nn * s.ho + h0) * s.wo, q1 = (nn * s.ho + h1) * s.wo;
+    // The band's input rows h0 * sh .. (h1 - 1) * sh + kh - 1 (padded coordinates).
+    const T* xband;
+    if (plan.padded) {
+      std::vector<T>& buffer = band_buffer<T>();
+      const int64_t in_rows = (h1 - h0 - 1) * s.sh + s.kh;
+      if (int64_t(buffer.size()) < in_rows * row_values) buffer.resize(in_rows * row_values);
+      for (int64_t r = 0; r < in_rows; ++r) {
+        const int64_t h_in = h0 * s.sh + r - s.pt;
+        T* d = buffer.data() + r * row_values;
+        if (h_in >= 0 && h_in < s.h) {
+          std::memset(d, 0, sizeof(T) * s.pl * s.c);
+          std::memcpy(d + s.pl * s.c, x + (nn * s.h + h_in) * s.w * s.c, sizeof(T) * s.w * s.c);
+          std::memset(d + (s.pl + s.w) * s.c, 0, sizeof(T) * s.pr * s.c);
+        } else {
+          std::memset(d, 0, sizeof(T) * row_values);
+        }
+      }
+      xband = buffer.data();
+    } else {
+      xband = x + (nn * s.h + h0 * s.sh) * row_values;
+    }
     const T* wblk = wpk + blk * taps * s.c * ob;
     const int64_t o0 = blk * ob, on = std::min(ob, s.o - o0);
     alignas(64) T acc[MR * NR * V::kLanes];
     for (int64_t q = q0; q < q1; q += MR) {
       const T* xs[MR];
-      int64_t base[MR];
       int64_t qs[MR];
-      // Pixel q's (image, row, column), then stepped along the tile.
-      int64_t nn = q / (s.ho * s.wo), hh = (q % (s.ho * s.wo)) / s.wo, ww = q % s.wo;
+      // Pixel q's row in the band and column, then stepped along the tile.
+      int64_t hh = (q - q0) / s.wo, ww = (q - q0) % s.wo;
       for (int r = 0; r < MR; ++r) {
-        // The last tile of a chunk repeats its last pixel (computed, not stored).
+        // The last tile of a band repeats its last pixel (computed, not stored).
         if (r > 0 && q + r < q1 && ++ww == s.wo) {
           ww = 0;
-          if (++hh == s.ho) {
-            hh = 0;
-            ++nn;
-          }
+          ++hh;
         }
         qs[r] = std::min(q + r, q1 - 1);
-        base[r] = (nn * plan.hp + hh * s.sh) * plan.wp + ww * s.sw;
-        xs[r] = xsrc + base[r] * s.c;
+        xs[r] = xband + hh * s.sh * row_values + ww * s.sw * s.c;
       }
       forward_tile<V, MR, NR, RULE>(xs, wblk, offs, num_runs, run_len, p, acc);
       const int rows = int(std::min<int64_t>(MR, q1 - q));
@@ -283,46 +321,33 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
              const ParallelFor& parallel) {
   using T = typename V::T;
   const ForwardPlan<V> plan(s);
-  T* xpad = work;
-  T* ssum = xpad + plan.xpad_size;
+  T* ssum = work;
   T* psum = plan.own_psum ? ssum + plan.ssum_size : ssum;
   T* wpk = ssum + plan.ssum_size + plan.psum_size;
   // Packed filters aligned to 64 bytes.
   wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
   T* sw = wpk + plan.wpk_size;
   const bool need_sums = rule == kMinIdentity;
-  // The padded input (if any: one copy of each row's interior, zeros around it) and the
-  // channel sum of each input pixel that a tap reads (with a kernel smaller than the stride,
-  // not all of them), one padded row per item.
+  // The channel sum of each input pixel (zero in the padding) that a tap reads (with a kernel
+  // smaller than the stride, not all of them), one padded row per item.
   const auto read = [](int64_t i, int64_t k, int64_t st, int64_t out) {
     // Some output o < out and tap t < k with i = o * st + t.
     if (k >= st) return i < (out - 1) * st + k;
     return i % st < k && i / st < out;
   };
-  if (plan.padded || need_sums) {
+  if (need_sums) {
     parallel_rows(parallel, s.n * plan.hp, [&](int64_t item) {
       const int64_t nn = item / plan.hp, hh = item % plan.hp;
+      if (!read(hh, s.kh, s.sh, s.ho)) return;
       const int64_t h_in = hh - s.pt;
       const bool row_in = h_in >= 0 && h_in < s.h;
       const T* src = row_in ? x + (nn * s.h + h_in) * s.w * s.c : nullptr;
       const int64_t dst = (nn * plan.hp + hh) * plan.wp;
-      if (plan.padded) {
-        T* d = xpad + dst * s.c;
-        if (row_in) {
-          std::memset(d, 0, sizeof(T) * s.pl * s.c);
-          std::memcpy(d + s.pl * s.c, src, sizeof(T) * s.w * s.c);
-          std::memset(d + (s.pl + s.w) * s.c, 0, sizeof(T) * s.pr * s.c);
-        } else {
-          std::memset(d, 0, sizeof(T) * plan.wp * s.c);
-        }
-      }
-      if (need_sums && read(hh, s.kh, s.sh, s.ho)) {
-        for (int64_t ww = 0; ww < plan.wp; ++ww) {
-          if (!read(ww, s.kw, s.sw, s.wo)) continue;
-          const int64_t w_in = ww - s.pl;
-          const bool in = row_in && w_in >= 0 && w_in < s.w;
-          ssum[dst + ww] = in ? sum_values(src + w_in * s.c, s.c) : T(0);
-        }
+      for (int64_t ww = 0; ww < plan.wp; ++ww) {
+        if (!read(ww, s.kw, s.sw, s.wo)) continue;
+        const int64_t w_in = ww - s.pl;
+        const bool in = row_in && w_in >= 0 && w_in < s.w;
+        ssum[dst + ww] = in ? sum_values(src + w_in * s.c, s.c) : T(0);
       }
     });
   }
@@ -363,9 +388,8 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
     for (int64_t tc = 0; tc < taps * s.c; ++tc)
       for (int64_t o = 0; o < s.o; ++o) sw[o] += w[tc * s.o + o];
   }
-  const T* xsrc = plan.padded ? xpad : x;
 #define ADDERJAX_FWD(NR, RULE)                                                              \
-  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, xsrc, psum, wpk, sw, p, y, parallel)
+  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, x, psum, wpk, sw, p, y, parallel)
 #define ADDERJAX_FWD_RULES(NR)                   \
   switch (rule) {                                \
     case kMinIdentity: ADDERJAX_FWD(NR, kMinIdentity); break; \
