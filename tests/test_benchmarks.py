@@ -1,5 +1,5 @@
 """The benchmark scripts: kernels.py refuses to time without a GPU and its roofline is the
-kernels' own; scaling.py runs its table end to end."""
+kernels' own; scaling.py and train_step.py run their tables end to end."""
 
 import os
 import pathlib
@@ -11,6 +11,7 @@ import jax
 import pytest
 from conftest import XLA_FLAGS
 
+import adderjax
 import kernels.adder_triton
 
 BENCH = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
@@ -76,6 +77,44 @@ def test_scaling_prints_a_row_per_device_count():
     assert [int(r[1]) for r in rows] == [2, 4]  # weak scaling: 2 images per device
     assert all(float(r[3]) > 0 for r in rows)
     assert float(rows[0][4]) == 1.0
+
+
+def test_train_step_prints_each_adder_implementation_beside_its_cnn():
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "train_step.py"),
+            "--models=lenet5_bn",
+            "--batch=4",
+            "--steps=1",
+            "--warmup=0",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [ln.split("|")[1:-1] for ln in result.stdout.splitlines() if ln.startswith("| lenet")]
+    variants = [r[1].strip() for r in rows]
+    implementations = adderjax.available_implementations()
+    assert variants == [f"AdderNet, {i}" for i in implementations] + ["CNN"]
+    assert all(float(r[2]) > 0 and float(r[3]) > 0 for r in rows)
+    assert float(rows[-1][4]) == 1.0  # the CNN against itself
+
+
+def test_train_step_names_a_bad_model():
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "train_step.py"), "--models=resnet21"],
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "expected a comma-separated list of ('lenet5_bn', 'resnet20'), got 'resnet21'" in (
+        result.stderr
+    )
 
 
 def _load_paper_tables():
