@@ -160,8 +160,7 @@ struct ForwardPlan {
   int64_t hp, wp;    // padded input
   bool padded;
   int64_t rows_per_band, bands;  // output rows of a work item's band; bands per image
-  int64_t ssum_size, psum_size, wpk_size, sw_size;
-  bool own_psum;     // patch sums of their own (else a 1x1 layer's are its pixels' sums)
+  int64_t wpk_size, sw_size;
 
   explicit ForwardPlan(const ConvShape& s) {
     nr = vectors_per_block<V>(s.o);
@@ -181,28 +180,52 @@ struct ForwardPlan {
       rows_per_band = std::max<int64_t>(1, std::min(rows_per_band, fit));
     }
     bands = ceil_div(s.ho, rows_per_band);
-    ssum_size = s.n * hp * wp;
-    own_psum = !(s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && !padded);
-    psum_size = own_psum ? s.n * s.ho * s.wo : 0;
     wpk_size = nob * s.kh * s.kw * s.c * ob;
     sw_size = s.o;
   }
   // Elements of scratch the caller provides (XLA allocates it, so it shows in memory analyses).
-  int64_t workspace() const { return ssum_size + psum_size + wpk_size + sw_size + 16; }
+  int64_t workspace() const { return wpk_size + sw_size + 16; }
 };
 
-// The padded input rows of a work item's band, in a buffer of the thread that runs it (reused
-// from item to item, at most about kBandBytes): the padding never goes through memory.
-template <class T>
-std::vector<T>& band_buffer() {
+// A work item's band of padded input rows (at most about kBandBytes), its pixels' channel
+// sums and its output pixels' patch sums, in buffers of the thread that runs it (reused from
+// item to item): none of them goes through memory.
+enum BandBuffer { kBandRows, kBandPixelSums, kBandPatchSums };
+template <class T, int WHICH>
+T* band_buffer(int64_t size) {
   static thread_local std::vector<T> buffer;
-  return buffer;
+  if (int64_t(buffer.size()) < size) buffer.resize(size);
+  return buffer.data();
+}
+
+// Sum of n values in an order no register width changes: eight running sums over v[8k + l],
+// added in turn, then the tail. (The 256- and 512-bit tiles of one build give the same bits.)
+template <class T>
+inline T sum_values(const T* v, int64_t n) {
+  typedef T Lanes8 __attribute__((vector_size(8 * sizeof(T))));
+  Lanes8 part = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 next;
+    std::memcpy(&next, v + i, sizeof next);
+    part += next;
+  }
+  T total = 0;
+  for (int l = 0; l < 8; ++l) total += part[l];
+  for (; i < n; ++i) total += v[i];
+  return total;
+}
+
+// Some output o < out and tap t < k read input row (or column) i = o * st + t.
+inline bool tap_reads(int64_t i, int64_t k, int64_t st, int64_t out) {
+  if (k >= st) return i < (out - 1) * st + k;
+  return i % st < k && i / st < out;
 }
 
 template <class V, int MR, int NR, int RULE>
 void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typename V::T* x,
-                    const typename V::T* psum, const typename V::T* wpk, const typename V::T* sw,
-                    typename V::T p, typename V::T* y, const ParallelFor& parallel) {
+                    const typename V::T* wpk, const typename V::T* sw, typename V::T p,
+                    typename V::T* y, const ParallelFor& parallel) {
   using T = typename V::T;
   const int64_t taps = s.kh * s.kw;
   // Runs of contiguous input: at any stride, a tap row's kw pixels are neighbours in x, so
@@ -231,14 +254,13 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
     const int64_t h1 = std::min(s.ho, h0 + plan.rows_per_band);
     const int64_t q0 = (nn * s.ho + h0) * s.wo, q1 = (nn * s.ho + h1) * s.wo;
     // The band's input rows h0 * sh .. (h1 - 1) * sh + kh - 1 (padded coordinates).
+    const int64_t in_rows = (h1 - h0 - 1) * s.sh + s.kh;
     const T* xband;
     if (plan.padded) {
-      std::vector<T>& buffer = band_buffer<T>();
-      const int64_t in_rows = (h1 - h0 - 1) * s.sh + s.kh;
-      if (int64_t(buffer.size()) < in_rows * row_values) buffer.resize(in_rows * row_values);
+      T* buffer = band_buffer<T, kBandRows>(in_rows * row_values);
       for (int64_t r = 0; r < in_rows; ++r) {
         const int64_t h_in = h0 * s.sh + r - s.pt;
-        T* d = buffer.data() + r * row_values;
+        T* d = buffer + r * row_values;
         if (h_in >= 0 && h_in < s.h) {
           std::memset(d, 0, sizeof(T) * s.pl * s.c);
           std::memcpy(d + s.pl * s.c, x + (nn * s.h + h_in) * s.w * s.c, sizeof(T) * s.w * s.c);
@@ -247,9 +269,39 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
           std::memset(d, 0, sizeof(T) * row_values);
         }
       }
-      xband = buffer.data();
+      xband = buffer;
     } else {
       xband = x + (nn * s.h + h0 * s.sh) * row_values;
+    }
+    // With the min identity: the channel sum of each band pixel a tap reads (zero in the
+    // padding), then each output pixel's patch sum over taps in (i, j) order, vectorized
+    // along the row.
+    const T* psum = nullptr;
+    if constexpr (RULE == kMinIdentity) {
+      const int64_t rows = h1 - h0;
+      T* csum = band_buffer<T, kBandPixelSums>(in_rows * plan.wp);
+      for (int64_t r = 0; r < in_rows; ++r) {
+        if (!tap_reads(r, s.kh, s.sh, rows)) continue;
+        for (int64_t ww = 0; ww < plan.wp; ++ww)
+          if (tap_reads(ww, s.kw, s.sw, s.wo))
+            csum[r * plan.wp + ww] = sum_values(xband + r * row_values + ww * s.c, s.c);
+      }
+      T* patch = band_buffer<T, kBandPatchSums>(rows * s.wo);
+      for (int64_t hh = 0; hh < rows; ++hh) {
+        T* out = patch + hh * s.wo;
+        for (int64_t q = 0; q < s.wo; ++q) out[q] = 0;
+        for (int64_t i = 0; i < s.kh; ++i) {
+          const T* crow = csum + (hh * s.sh + i) * plan.wp;
+          for (int64_t j = 0; j < s.kw; ++j) {
+            if (s.sw == 1) {
+              for (int64_t q = 0; q < s.wo; ++q) out[q] += crow[q + j];
+            } else {
+              for (int64_t q = 0; q < s.wo; ++q) out[q] += crow[q * s.sw + j];
+            }
+          }
+        }
+      }
+      psum = patch - q0;  // indexed by output pixel
     }
     const T* wblk = wpk + blk * taps * s.c * ob;
     const int64_t o0 = blk * ob, on = std::min(ob, s.o - o0);
@@ -297,80 +349,16 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
   });
 }
 
-// Sum of n values in an order no register width changes: eight running sums over v[8k + l],
-// added in turn, then the tail. (The 256- and 512-bit tiles of one build give the same bits.)
-template <class T>
-inline T sum_values(const T* v, int64_t n) {
-  typedef T Lanes8 __attribute__((vector_size(8 * sizeof(T))));
-  Lanes8 part = {};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    Lanes8 next;
-    std::memcpy(&next, v + i, sizeof next);
-    part += next;
-  }
-  T total = 0;
-  for (int l = 0; l < 8; ++l) total += part[l];
-  for (; i < n; ++i) total += v[i];
-  return total;
-}
-
 template <class V>
 void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
              typename V::T p, int rule, typename V::T* y, typename V::T* work,
              const ParallelFor& parallel) {
   using T = typename V::T;
   const ForwardPlan<V> plan(s);
-  T* ssum = work;
-  T* psum = plan.own_psum ? ssum + plan.ssum_size : ssum;
-  T* wpk = ssum + plan.ssum_size + plan.psum_size;
   // Packed filters aligned to 64 bytes.
-  wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(wpk) + 63) & ~uintptr_t(63));
+  T* wpk = reinterpret_cast<T*>((reinterpret_cast<uintptr_t>(work) + 63) & ~uintptr_t(63));
   T* sw = wpk + plan.wpk_size;
   const bool need_sums = rule == kMinIdentity;
-  // The channel sum of each input pixel (zero in the padding) that a tap reads (with a kernel
-  // smaller than the stride, not all of them), one padded row per item.
-  const auto read = [](int64_t i, int64_t k, int64_t st, int64_t out) {
-    // Some output o < out and tap t < k with i = o * st + t.
-    if (k >= st) return i < (out - 1) * st + k;
-    return i % st < k && i / st < out;
-  };
-  if (need_sums) {
-    parallel_rows(parallel, s.n * plan.hp, [&](int64_t item) {
-      const int64_t nn = item / plan.hp, hh = item % plan.hp;
-      if (!read(hh, s.kh, s.sh, s.ho)) return;
-      const int64_t h_in = hh - s.pt;
-      const bool row_in = h_in >= 0 && h_in < s.h;
-      const T* src = row_in ? x + (nn * s.h + h_in) * s.w * s.c : nullptr;
-      const int64_t dst = (nn * plan.hp + hh) * plan.wp;
-      for (int64_t ww = 0; ww < plan.wp; ++ww) {
-        if (!read(ww, s.kw, s.sw, s.wo)) continue;
-        const int64_t w_in = ww - s.pl;
-        const bool in = row_in && w_in >= 0 && w_in < s.w;
-        ssum[dst + ww] = in ? sum_values(src + w_in * s.c, s.c) : T(0);
-      }
-    });
-  }
-  // Each output pixel's patch sum, over taps in (i, j) order, vectorized along the row (a
-  // 1x1 layer at stride 1 without padding uses the pixel sums themselves).
-  if (need_sums && plan.own_psum) {
-    parallel_rows(parallel, s.n * s.ho, [&](int64_t row) {
-      const int64_t nn = row / s.ho, hh = row % s.ho;
-      T* out = psum + row * s.wo;
-      for (int64_t q = 0; q < s.wo; ++q) out[q] = 0;
-      for (int64_t i = 0; i < s.kh; ++i) {
-        const T* srow = ssum + (nn * plan.hp + hh * s.sh + i) * plan.wp;
-        for (int64_t j = 0; j < s.kw; ++j) {
-          const T* sp = srow + j;
-          if (s.sw == 1) {
-            for (int64_t q = 0; q < s.wo; ++q) out[q] += sp[q];
-          } else {
-            for (int64_t q = 0; q < s.wo; ++q) out[q] += sp[q * s.sw];
-          }
-        }
-      }
-    });
-  }
   // Filters packed per block of output channels, (tap, in, out) inside, zero past Cout.
   const int64_t taps = s.kh * s.kw, ob = plan.ob;
   parallel(plan.nob * taps, [&](int64_t item) {
@@ -389,7 +377,7 @@ void forward(const ConvShape& s, const typename V::T* x, const typename V::T* w,
       for (int64_t o = 0; o < s.o; ++o) sw[o] += w[tc * s.o + o];
   }
 #define ADDERJAX_FWD(NR, RULE)                                                              \
-  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, x, psum, wpk, sw, p, y, parallel)
+  forward_blocks<V, forward_mr<V>(NR), NR, RULE>(s, plan, x, wpk, sw, p, y, parallel)
 #define ADDERJAX_FWD_RULES(NR)                   \
   switch (rule) {                                \
     case kMinIdentity: ADDERJAX_FWD(NR, kMinIdentity); break; \
