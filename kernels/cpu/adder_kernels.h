@@ -7,8 +7,8 @@
 // channels, contiguous in the order the loop reads them) against MR broadcast input values.
 // At p = 1 the default term is min(x, w), two instructions with the add: |x - w| = x + w -
 // 2 min(x, w), with sum x over the patch and sum w per filter added once per output.
-// Work items are bands of whole output rows of one image x a block of output channels; a
-// padded layer's item pads its band's input rows into a buffer of its thread.
+// Work items are bands of whole output rows of one image (x a group of blocks of output
+// channels); a padded layer's item pads its band's input rows into a buffer of its thread.
 //
 // Input gradient: dx[r, c] = sum_{t, o} g[r - off t, o] * f(w[t, c, o] - x[r, c]) for the taps t
 // that reach input pixel r; a tile is MR input pixels of one stride phase x NR vectors of input
@@ -160,6 +160,7 @@ struct ForwardPlan {
   int64_t hp, wp;    // padded input
   bool padded;
   int64_t rows_per_band, bands;  // output rows of a work item's band; bands per image
+  int64_t groups, blocks_per_group;  // work items per band, blocks of output channels each
   int64_t wpk_size, sw_size;
 
   explicit ForwardPlan(const ConvShape& s) {
@@ -174,12 +175,33 @@ struct ForwardPlan {
     // about 64 over the layer; with padding, a band's padded input rows must fit kBandBytes.
     const int64_t pixels = s.n * s.ho * s.wo;
     rows_per_band = std::clamp<int64_t>(ceil_div(ceil_div(pixels, 64), s.wo), 1, s.ho);
+    int64_t fit = s.ho;
     if (padded) {
       const int64_t row_bytes = int64_t(sizeof(T)) * wp * s.c;
-      const int64_t fit = (kBandBytes / row_bytes - s.kh) / s.sh + 1;
-      rows_per_band = std::max<int64_t>(1, std::min(rows_per_band, fit));
+      fit = std::max<int64_t>(1, (kBandBytes / row_bytes - s.kh) / s.sh + 1);
+      rows_per_band = std::min(rows_per_band, fit);
+    }
+    // The last tile of a band is partly wasted: up to twice the rows, take the height that
+    // wastes the fewest tile slots (small images: 7x7 in bands of 4 and 3 rows had 55 slots
+    // for 49 pixels, in one band 50).
+    const auto slots = [&](int64_t rows) {
+      const int64_t full = s.ho / rows, rest = s.ho % rows;
+      return full * ceil_div(rows * s.wo, mr) + (rest ? ceil_div(rest * s.wo, mr) : 0);
+    };
+    const int64_t most = std::min({s.ho, fit, 2 * rows_per_band});
+    for (int64_t rows = rows_per_band + 1, best = slots(rows_per_band); rows <= most; ++rows) {
+      if (slots(rows) < best) {
+        best = slots(rows);
+        rows_per_band = rows;
+      }
     }
     bands = ceil_div(s.ho, rows_per_band);
+    // An item runs all blocks of output channels of its band (one padded copy, one set of
+    // sums), unless that leaves fewer than about 64 items: then groups of blocks.
+    const int64_t band_items = s.n * bands;
+    groups = std::clamp<int64_t>(ceil_div(64, band_items), 1, nob);
+    blocks_per_group = ceil_div(nob, groups);
+    groups = ceil_div(nob, blocks_per_group);
     wpk_size = nob * s.kh * s.kw * s.c * ob;
     sw_size = s.o;
   }
@@ -248,8 +270,8 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
   const bool stream = int64_t(sizeof(T)) * pixels * s.o >= kStreamBytes &&
                       s.o % V::kLanes == 0 &&
                       reinterpret_cast<uintptr_t>(y) % (sizeof(T) * V::kLanes) == 0;
-  parallel(s.n * plan.bands * plan.nob, [&](int64_t item) {
-    const int64_t blk = item % plan.nob, band = item / plan.nob;
+  parallel(s.n * plan.bands * plan.groups, [&](int64_t item) {
+    const int64_t group = item % plan.groups, band = item / plan.groups;
     const int64_t nn = band / plan.bands, h0 = (band % plan.bands) * plan.rows_per_band;
     const int64_t h1 = std::min(s.ho, h0 + plan.rows_per_band);
     const int64_t q0 = (nn * s.ho + h0) * s.wo, q1 = (nn * s.ho + h1) * s.wo;
@@ -303,45 +325,48 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
       }
       psum = patch - q0;  // indexed by output pixel
     }
-    const T* wblk = wpk + blk * taps * s.c * ob;
-    const int64_t o0 = blk * ob, on = std::min(ob, s.o - o0);
-    alignas(64) T acc[MR * NR * V::kLanes];
-    for (int64_t q = q0; q < q1; q += MR) {
-      const T* xs[MR];
-      int64_t qs[MR];
-      // Pixel q's row in the band and column, then stepped along the tile.
-      int64_t hh = (q - q0) / s.wo, ww = (q - q0) % s.wo;
-      for (int r = 0; r < MR; ++r) {
-        // The last tile of a band repeats its last pixel (computed, not stored).
-        if (r > 0 && q + r < q1 && ++ww == s.wo) {
-          ww = 0;
-          ++hh;
+    const int64_t blk1 = std::min(plan.nob, (group + 1) * plan.blocks_per_group);
+    for (int64_t blk = group * plan.blocks_per_group; blk < blk1; ++blk) {
+      const T* wblk = wpk + blk * taps * s.c * ob;
+      const int64_t o0 = blk * ob, on = std::min(ob, s.o - o0);
+      alignas(64) T acc[MR * NR * V::kLanes];
+      for (int64_t q = q0; q < q1; q += MR) {
+        const T* xs[MR];
+        int64_t qs[MR];
+        // Pixel q's row in the band and column, then stepped along the tile.
+        int64_t hh = (q - q0) / s.wo, ww = (q - q0) % s.wo;
+        for (int r = 0; r < MR; ++r) {
+          // The last tile of a band repeats its last pixel (computed, not stored).
+          if (r > 0 && q + r < q1 && ++ww == s.wo) {
+            ww = 0;
+            ++hh;
+          }
+          qs[r] = std::min(q + r, q1 - 1);
+          xs[r] = xband + hh * s.sh * row_values + ww * s.sw * s.c;
         }
-        qs[r] = std::min(q + r, q1 - 1);
-        xs[r] = xband + hh * s.sh * row_values + ww * s.sw * s.c;
-      }
-      forward_tile<V, MR, NR, RULE>(xs, wblk, offs, num_runs, run_len, p, acc);
-      const int rows = int(std::min<int64_t>(MR, q1 - q));
-      for (int r = 0; r < rows; ++r) {
-        T* yq = y + qs[r] * s.o + o0;
-        const T* a = acc + r * NR * V::kLanes;
-        if constexpr (RULE == kMinIdentity) {
-          const T sx = psum[qs[r]];
-          if (on == ob) {
-            const auto sxv = V::set1(sx);
+        forward_tile<V, MR, NR, RULE>(xs, wblk, offs, num_runs, run_len, p, acc);
+        const int rows = int(std::min<int64_t>(MR, q1 - q));
+        for (int r = 0; r < rows; ++r) {
+          T* yq = y + qs[r] * s.o + o0;
+          const T* a = acc + r * NR * V::kLanes;
+          if constexpr (RULE == kMinIdentity) {
+            const T sx = psum[qs[r]];
+            if (on == ob) {
+              const auto sxv = V::set1(sx);
 #pragma GCC unroll 4
-            for (int k = 0; k < NR; ++k) {
-              const auto ak = V::load(a + k * V::kLanes);
-              const auto v =
-                  V::sub(V::sub(V::add(ak, ak), sxv), V::load(sw + o0 + k * V::kLanes));
-              if (stream) V::stream(yq + k * V::kLanes, v);
-              else V::store(yq + k * V::kLanes, v);
+              for (int k = 0; k < NR; ++k) {
+                const auto ak = V::load(a + k * V::kLanes);
+                const auto v =
+                    V::sub(V::sub(V::add(ak, ak), sxv), V::load(sw + o0 + k * V::kLanes));
+                if (stream) V::stream(yq + k * V::kLanes, v);
+                else V::store(yq + k * V::kLanes, v);
+              }
+            } else {
+              for (int64_t o = 0; o < on; ++o) yq[o] = (2 * a[o] - sx) - sw[o0 + o];
             }
           } else {
-            for (int64_t o = 0; o < on; ++o) yq[o] = (2 * a[o] - sx) - sw[o0 + o];
+            for (int64_t o = 0; o < on; ++o) yq[o] = -a[o];
           }
-        } else {
-          for (int64_t o = 0; o < on; ++o) yq[o] = -a[o];
         }
       }
     }
