@@ -120,7 +120,9 @@ def _distill(args):
     """PKKD's step (student, teacher, alignments) for --steps batches on a 1-device mesh and
     on an all-device mesh of this one process: the partitioned step against the unpartitioned
     one in one process (in a separate 1-device process the teacher's loss at step 3 differs
-    by 3e-4: XLA:CPU rounds otherwise there, and three steps of random data amplify it)."""
+    by 3e-4: XLA:CPU rounds otherwise there, and three steps of random data amplify it).
+    Saved: each step's losses, and the state after the first step (later states carry that
+    amplification: see tests/test_distributed.py)."""
     import jax
     import numpy as np
 
@@ -142,11 +144,13 @@ def _distill(args):
         losses = []
         with jax.set_mesh(mesh):
             state = built.init(jax.random.key(0))
-            for _ in range(args.steps):
+            for i in range(args.steps):
                 batch = sharding.global_batch(next(batches), rows)
                 state, metrics = step(state, batch, np.float32(1.0))
                 losses.append([float(metrics["loss"]), float(metrics["teacher_loss"])])
-        leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(state))[0]
+                if i == 0:
+                    first = jax.device_get(state)
+        leaves = jax.tree_util.tree_flatten_with_path(first)[0]
         out[f"{n}/losses"] = np.asarray(losses)
         out.update({f"{n}/{jax.tree_util.keystr(k)}": np.asarray(v) for k, v in leaves})
     np.savez(args.out, **out)
