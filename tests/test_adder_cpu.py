@@ -127,10 +127,14 @@ def test_results_are_bitwise_the_same_for_any_thread_count(tmp_path):
         f = jax.jit(lambda x, w: adder_cpu.forward(x, w, **kw))
         d = jax.jit(lambda x, w, g: adder_cpu.input_grad(x, w, g, **kw))
         c = jax.jit(lambda x, g: adder_cpu.filter_corr(x, g, kernel_hw=(3, 3), **kw))
-        a = [np.asarray(f(x, w)), np.asarray(d(x, w, g)), np.asarray(c(x, g))]
-        b = [np.asarray(f(x, w)), np.asarray(d(x, w, g)), np.asarray(c(x, g))]
+        # Filters over 2 MiB: forward items run groups of output-channel blocks.
+        x2 = jnp.asarray(rng.normal(size=(3, 5, 5, 256)), jnp.float32)
+        w2 = jnp.asarray(rng.normal(size=(3, 3, 256, 256)), jnp.float32)
+        f2 = jax.jit(lambda x, w: adder_cpu.forward(x, w, strides=(1, 1), pads=((1, 1), (1, 1))))
+        run = lambda: [np.asarray(v) for v in (f(x, w), d(x, w, g), c(x, g), f2(x2, w2))]
+        a, b = run(), run()
         assert all(np.array_equal(u, v) for u, v in zip(a, b)), "run to run"
-        np.savez(sys.argv[1], y=a[0], dx=a[1], corr=a[2])
+        np.savez(sys.argv[1], y=a[0], dx=a[1], corr=a[2], y2=a[3])
         """
     )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
@@ -142,7 +146,7 @@ def test_results_are_bitwise_the_same_for_any_thread_count(tmp_path):
             cmd = ["taskset", "-c", cpus, *cmd]  # XLA sizes its pool by the usable CPUs
         subprocess.run(cmd, check=True, env=env)
         outs.append(np.load(out))
-    for key in ("y", "dx", "corr"):
+    for key in ("y", "dx", "corr", "y2"):
         assert np.array_equal(outs[0][key], outs[1][key]), key
 
 
@@ -318,3 +322,20 @@ def test_large_outputs_written_with_streaming_stores_are_right(isa):
             x[:1, :4].astype(jnp.float64), w.astype(jnp.float64), (1, 1), ((0, 0), (0, 0))
         )
     np.testing.assert_allclose(np.asarray(exact[:1, :4]), np.asarray(want), rtol=1e-5)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_filters_larger_than_l2_run_in_groups_and_are_right(isa):
+    # 3x3 256->256 filters (2.4 MB) over 64 images of 2x2: one band an image would have each
+    # item run every block of output channels; their filters pass kGroupFilterBytes, so items
+    # run groups of blocks, numbered group-major. Against float64 |x - w| sums in numpy.
+    x, w = random((64, 2, 2, 256), jnp.float32, 4), random((3, 3, 256, 256), jnp.float32, 5)
+    y = adder_cpu.forward(x, w, strides=(1, 1), pads=((1, 1), (1, 1)), isa=isa)
+    xp = np.pad(np.asarray(x, np.float64), ((0, 0), (1, 1), (1, 1), (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(xp, (3, 3), axis=(1, 2))
+    patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, 9 * 256)  # (pixels, (i, j, c))
+    wf = np.asarray(w, np.float64).reshape(9 * 256, 256)
+    want = np.stack([-np.abs(patches - wf[:, o]).sum(1) for o in range(256)], axis=-1)
+    got = np.asarray(y).reshape(-1, 256)
+    err = np.max(np.abs(got - want)) / np.max(np.abs(want))
+    assert err < 1e-5, f"relative error {err:.2e}"  # 2304-term float32 sums: 2.3e-6 seen

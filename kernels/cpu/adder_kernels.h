@@ -44,6 +44,9 @@ constexpr int64_t kStreamBytes = int64_t(16) << 20;
 // The most bytes of padded input rows a forward work item copies into its thread's buffer
 // (half a Zen 4 core's L2).
 constexpr int64_t kBandBytes = int64_t(512) << 10;
+// The most bytes of packed filters a forward work item runs over (a Golden Cove core's L2):
+// the group's filters stay in the thread's L2 from item to item.
+constexpr int64_t kGroupFilterBytes = int64_t(2) << 20;
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // fn(i) for i in [0, n), in at most about 128 work items of consecutive i (one item per i
@@ -160,7 +163,9 @@ struct ForwardPlan {
   int64_t hp, wp;    // padded input
   bool padded;
   int64_t rows_per_band, bands;  // output rows of a work item's band; bands per image
-  int64_t groups, blocks_per_group;  // work items per band, blocks of output channels each
+  // Work items per band, blocks of output channels each. Items are numbered group-major: the
+  // pool hands them out in order, so a thread's next item mostly reuses its group's filters.
+  int64_t groups, blocks_per_group;
   int64_t wpk_size, sw_size;
 
   explicit ForwardPlan(const ConvShape& s) {
@@ -197,9 +202,14 @@ struct ForwardPlan {
     }
     bands = ceil_div(s.ho, rows_per_band);
     // An item runs all blocks of output channels of its band (one padded copy, one set of
-    // sums), unless that leaves fewer than about 64 items: then groups of blocks.
+    // sums), unless that leaves fewer than about 64 items or their filters would not stay in
+    // L2: then groups of blocks.
     const int64_t band_items = s.n * bands;
     groups = std::clamp<int64_t>(ceil_div(64, band_items), 1, nob);
+    blocks_per_group = ceil_div(nob, groups);
+    const int64_t block_bytes = int64_t(sizeof(T)) * s.kh * s.kw * s.c * ob;
+    const int64_t fit_blocks = std::max<int64_t>(1, kGroupFilterBytes / block_bytes);
+    if (blocks_per_group > fit_blocks) groups = ceil_div(nob, fit_blocks);
     blocks_per_group = ceil_div(nob, groups);
     groups = ceil_div(nob, blocks_per_group);
     wpk_size = nob * s.kh * s.kw * s.c * ob;
@@ -271,7 +281,8 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
                       s.o % V::kLanes == 0 &&
                       reinterpret_cast<uintptr_t>(y) % (sizeof(T) * V::kLanes) == 0;
   parallel(s.n * plan.bands * plan.groups, [&](int64_t item) {
-    const int64_t group = item % plan.groups, band = item / plan.groups;
+    const int64_t band_items = s.n * plan.bands;
+    const int64_t group = item / band_items, band = item % band_items;
     const int64_t nn = band / plan.bands, h0 = (band % plan.bands) * plan.rows_per_band;
     const int64_t h1 = std::min(s.ho, h0 + plan.rows_per_band);
     const int64_t q0 = (nn * s.ho + h0) * s.wo, q1 = (nn * s.ho + h1) * s.wo;
