@@ -53,10 +53,10 @@ def _train(args):
     import jax
     import numpy as np
 
-    from train import checkpointing, data_sources, model_state, sharding, train
+    from train import checkpointing, data_sources, model_state, sharding, tasks, trainer
 
     config = _config(args)
-    result = train.train_and_evaluate(config, args.workdir)
+    result = trainer.run(config, args.workdir, tasks.classification)
     mngr = checkpointing.manager(checkpointing.checkpoint_dir(args.workdir), read_only=True)
     mesh = sharding.make_mesh(config.fsdp_size)
     built = model_state.build(config, data_sources.DATASETS[config.dataset], mesh=mesh)

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from adderjax import models
-from train import analyze, config_checks, data_sources, model_state, saved_models, train
+from train import analyze, config_checks, data_sources, model_state, saved_models, tasks, trainer
 from train.configs import mnist
 
 
@@ -34,7 +34,7 @@ def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     data = datafiles.write_idx_dir(root / "data", num_train=32, num_test=24)
     for name, adder in (("adder", True), ("cnn", False)):
-        train.train_and_evaluate(_config(data, adder=adder), root / name)
+        trainer.run(_config(data, adder=adder), root / name, tasks.classification)
     return root, data
 
 

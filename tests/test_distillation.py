@@ -9,7 +9,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from train import checkpointing, config_checks, distillation, saved_models, train
+from train import checkpointing, config_checks, distillation, saved_models, tasks, trainer
 from train import eval as train_eval
 from train.configs import cifar10, mnist
 
@@ -45,7 +45,7 @@ def _state(workdir, step=None):
 @pytest.fixture(scope="module")
 def pkkd_run(idx_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("pkkd")
-    return workdir, train.train_and_evaluate(_config(idx_dir), workdir)
+    return workdir, trainer.run(_config(idx_dir), workdir, tasks.distillation)
 
 
 @pytest.mark.slow
@@ -93,9 +93,9 @@ def test_eval_and_load_model_give_either_network(pkkd_run):
 def test_resume_continues_both_networks_exactly(idx_dir, tmp_path):
     """Stopped after step 3 (mid-epoch) and resumed, student, teacher, alignments and their
     optimizer states end bitwise equal to an uninterrupted run's."""
-    straight = train.train_and_evaluate(_config(idx_dir, num_train_steps=6), tmp_path / "a")
-    train.train_and_evaluate(_config(idx_dir, num_train_steps=3), tmp_path / "b")
-    resumed = train.train_and_evaluate(_config(idx_dir, num_train_steps=6), tmp_path / "b")
+    straight = trainer.run(_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.distillation)
+    trainer.run(_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.distillation)
+    resumed = trainer.run(_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.distillation)
     assert resumed == straight
     a, b = _state(tmp_path / "a"), _state(tmp_path / "b")
     assert jax.tree.structure(a) == jax.tree.structure(b)
@@ -106,8 +106,10 @@ def test_resume_continues_both_networks_exactly(idx_dir, tmp_path):
 def test_kd_from_a_finished_teacher(idx_dir, tmp_path):
     """distill="kd": the teacher is the finished CNN run's newest checkpoint, and stays it;
     with distill_features="none" only the logits are distilled."""
-    cnn = train.train_and_evaluate(
-        _config(idx_dir, distill="none", adder=False, num_train_steps=4), tmp_path / "cnn"
+    cnn = trainer.run(
+        _config(idx_dir, distill="none", adder=False, num_train_steps=4),
+        tmp_path / "cnn",
+        tasks.classification,
     )
     config = _config(
         idx_dir,
@@ -116,7 +118,7 @@ def test_kd_from_a_finished_teacher(idx_dir, tmp_path):
         num_train_steps=3,
         distill_features="none",  # logits only: no alignments in the state
     )
-    result = train.train_and_evaluate(config, tmp_path / "kd")
+    result = trainer.run(config, tmp_path / "kd", tasks.distillation)
     assert result["teacher"]["top1"] == cnn["top1"]
     finished, state = _state(tmp_path / "cnn"), _state(tmp_path / "kd")
     assert not state["align"]["params"]
@@ -127,12 +129,12 @@ def test_kd_from_a_finished_teacher(idx_dir, tmp_path):
     # Started again, the finished run restores its teacher with the rest of its state: the
     # teacher run's stored config is checked, its arrays are not read.
     (tmp_path / "cnn" / "checkpoints" / "4" / "state").rename(tmp_path / "cnn_state")
-    again = train.train_and_evaluate(config, tmp_path / "kd")
+    again = trainer.run(config, tmp_path / "kd", tasks.distillation)
     assert again["teacher"]["top1"] == cnn["top1"] and again["top1"] == result["top1"]
     # An AdderNet run is no teacher.
     bad = _config(idx_dir, distill="kd", teacher_workdir=str(tmp_path / "kd"))
     with pytest.raises(config_checks.ConfigError, match="the teacher must be the CNN"):
-        train.train_and_evaluate(bad, tmp_path / "bad")
+        trainer.run(bad, tmp_path / "bad", tasks.distillation)
 
 
 def _cifar_config(data_dir, data_format):
@@ -153,14 +155,14 @@ def _cifar_config(data_dir, data_format):
 def test_cifar_pickle_files(tmp_path):
     """CIFAR-10 pickles, 32x32x3 inputs; plain features at two chosen layers."""
     data = datafiles.write_cifar10_dir(tmp_path / "data", num_train=32, num_test=8)
-    result = train.train_and_evaluate(_cifar_config(data, "cifar_pickle"), tmp_path / "w")
+    result = trainer.run(_cifar_config(data, "cifar_pickle"), tmp_path / "w", tasks.distillation)
     assert result["step"] == 2 and "teacher" in result
     assert set(_state(tmp_path / "w")["align"]["params"]) == {"conv2", "fc2"}
 
 
 def test_tfds_mock_data(tmp_path):
     with tfds.testing.mock_data(num_examples=32):
-        result = train.train_and_evaluate(_cifar_config(None, "tfds"), tmp_path / "w")
+        result = trainer.run(_cifar_config(None, "tfds"), tmp_path / "w", tasks.distillation)
     assert result["step"] == 2 and "teacher" in result
 
 
@@ -195,7 +197,7 @@ def test_bad_distill_configs_refused_in_one_line(overrides, message):
 def test_unknown_distilled_layer_refused(idx_dir, tmp_path):
     config = _config(idx_dir, distill_layers="conv2,conv9")
     with pytest.raises(config_checks.ConfigError, match="no conv, dense or adder layer 'conv9'"):
-        train.train_and_evaluate(config, tmp_path)
+        trainer.run(config, tmp_path, tasks.distillation)
 
 
 def test_a_classification_workdir_is_not_resumed_as_distillation(tmp_path):

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import CACHE_DIR
 
-from train import checkpointing, config_checks, loop, train
+from train import checkpointing, config_checks, loop, tasks, trainer
 from train.configs import mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ def _largest_file(directory: pathlib.Path) -> pathlib.Path:
 @pytest.fixture(scope="module")
 def six_steps(data, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("six")
-    train.train_and_evaluate(_config(data, num_train_steps=6), workdir)
+    trainer.run(_config(data, num_train_steps=6), workdir, tasks.classification)
     return _state(workdir)[1]
 
 
@@ -196,7 +196,7 @@ UNAWAITED_READS = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExc
 @pytest.mark.parametrize("damage", ["truncate", "flip", "truncate-no-manifest"])
 def test_damaged_latest_checkpoint_falls_back(data, six_steps, tmp_path, capsys, damage):
     config = _config(data, num_train_steps=4)
-    train.train_and_evaluate(config, tmp_path / "a")
+    trainer.run(config, tmp_path / "a", tasks.classification)
     steps = checkpointing.manager(tmp_path / "a" / "checkpoints").all_steps()
     assert steps[-1] == 4 and 3 in steps
     victim = _largest_file(tmp_path / "a" / "checkpoints" / "4" / "state")
@@ -209,7 +209,7 @@ def test_damaged_latest_checkpoint_falls_back(data, six_steps, tmp_path, capsys,
         (tmp_path / "a" / "checkpoints" / "4" / checkpointing.MANIFEST).unlink()
 
     capsys.readouterr()
-    result = train.train_and_evaluate(_config(data, num_train_steps=6), tmp_path / "a")
+    result = trainer.run(_config(data, num_train_steps=6), tmp_path / "a", tasks.classification)
     err = capsys.readouterr().err
     assert "warning: checkpoint 4 in" in err and "is damaged" in err
     assert result["step"] == 6
@@ -221,17 +221,17 @@ def test_damaged_latest_checkpoint_falls_back(data, six_steps, tmp_path, capsys,
 
 @UNAWAITED_READS
 def test_no_usable_checkpoint_is_a_clear_error(data, tmp_path):
-    train.train_and_evaluate(_config(data, num_train_steps=1), tmp_path)
+    trainer.run(_config(data, num_train_steps=1), tmp_path, tasks.classification)
     victim = _largest_file(tmp_path / "checkpoints" / "1" / "state")
     victim.write_bytes(b"")
     with pytest.raises(checkpointing.CheckpointError, match="no usable checkpoint in .*: steps"):
-        train.train_and_evaluate(_config(data, num_train_steps=2), tmp_path)
+        trainer.run(_config(data, num_train_steps=2), tmp_path, tasks.classification)
 
 
 def test_resuming_with_another_model_is_refused(data, tmp_path):
-    train.train_and_evaluate(_config(data, num_train_steps=1), tmp_path)
+    trainer.run(_config(data, num_train_steps=1), tmp_path, tasks.classification)
     with pytest.raises(config_checks.ConfigError) as info:
-        train.train_and_evaluate(_config(data, num_train_steps=2, adder=False), tmp_path)
+        trainer.run(_config(data, num_train_steps=2, adder=False), tmp_path, tasks.classification)
     message = str(info.value)
     assert "adder=True there, False here" in message and "another --workdir" in message
     assert "\n" not in message
@@ -240,7 +240,7 @@ def test_resuming_with_another_model_is_refused(data, tmp_path):
 def test_non_finite_loss_stops_naming_step_and_layer(data, tmp_path):
     config = _config(data, learning_rate=1e38, adaptive_lr=False, checkpoint_every_steps=1)
     with pytest.raises(loop.NonFiniteError) as info:
-        train.train_and_evaluate(config, tmp_path)
+        trainer.run(config, tmp_path, tasks.classification)
     message = str(info.value)
     assert message.startswith("non-finite ") and " at step " in message
     assert "\n" not in message
@@ -254,7 +254,7 @@ def test_non_finite_loss_stops_naming_step_and_layer(data, tmp_path):
 def test_skip_nonfinite_skips_the_update(data, tmp_path):
     config = _config(data, learning_rate=1e38, adaptive_lr=False, skip_nonfinite=True)
     config.num_train_steps = 4
-    train.train_and_evaluate(config, tmp_path)
+    trainer.run(config, tmp_path, tasks.classification)
     logged = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if m["split"] == "train"]
     assert logged[-1]["skipped_steps"] >= 1
     step, state = _state(tmp_path)

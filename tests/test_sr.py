@@ -13,7 +13,15 @@ import pytest
 from conftest import CACHE_DIR
 from PIL import Image
 
-from train import checkpointing, config_checks, data_sources, sr, sr_data, super_resolution
+from train import (
+    checkpointing,
+    config_checks,
+    data_sources,
+    sr_data,
+    super_resolution,
+    tasks,
+    trainer,
+)
 from train import upscale as upscale_program
 from train.configs import sr as sr_config
 
@@ -64,7 +72,7 @@ def _state(workdir):
 @pytest.fixture(scope="module")
 def uninterrupted(folders, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("whole")
-    result = sr.train_and_evaluate(_config(folders), str(workdir))
+    result = trainer.run(_config(folders), str(workdir), tasks.super_resolution)
     return workdir, result
 
 
@@ -86,9 +94,9 @@ def test_trains_and_evaluates_every_set_beside_bicubic(uninterrupted):
 
 def test_resume_after_a_stop_is_bitwise(folders, uninterrupted, tmp_path):
     whole, whole_result = uninterrupted
-    first = sr.train_and_evaluate(_config(folders, num_train_steps=4), str(tmp_path))
+    first = trainer.run(_config(folders, num_train_steps=4), str(tmp_path), tasks.super_resolution)
     assert first["step"] == 4
-    second = sr.train_and_evaluate(_config(folders), str(tmp_path))
+    second = trainer.run(_config(folders), str(tmp_path), tasks.super_resolution)
     assert second == whole_result
     (got, step), (want, _) = _state(tmp_path), _state(whole)
     assert step == 6
@@ -109,7 +117,7 @@ def test_resume_after_a_stop_is_bitwise(folders, uninterrupted, tmp_path):
 def test_another_network_is_not_resumed(folders, uninterrupted):
     workdir, _ = uninterrupted
     with pytest.raises(config_checks.ConfigError, match="features=8 there, 16 here"):
-        sr.train_and_evaluate(_config(folders, features=16), str(workdir))
+        trainer.run(_config(folders, features=16), str(workdir), tasks.super_resolution)
 
 
 @pytest.mark.parametrize(
@@ -126,31 +134,41 @@ def test_another_network_is_not_resumed(folders, uninterrupted):
 )
 def test_bad_configs_are_one_line(folders, tmp_path, overrides, expected):
     with pytest.raises(config_checks.ConfigError) as e:
-        sr.train_and_evaluate(_config(folders, **overrides), str(tmp_path))
+        trainer.run(_config(folders, **overrides), str(tmp_path), tasks.super_resolution)
     assert expected in str(e.value) and "\n" not in str(e.value)
 
 
 def test_missing_and_corrupt_images_are_named(folders, tmp_path):
     with pytest.raises(data_sources.DataError, match="image folder /nonexistent does not exist"):
-        sr.train_and_evaluate(_config(folders, train_data="/nonexistent"), str(tmp_path / "a"))
+        trainer.run(
+            _config(folders, train_data="/nonexistent"), str(tmp_path / "a"), tasks.super_resolution
+        )
     (tmp_path / "empty").mkdir()
     with pytest.raises(data_sources.DataError, match="has no .png/.jpg/.jpeg images"):
-        sr.train_and_evaluate(_config(folders, eval_data=str(tmp_path / "empty")), str(tmp_path))
+        trainer.run(
+            _config(folders, eval_data=str(tmp_path / "empty")),
+            str(tmp_path),
+            tasks.super_resolution,
+        )
     broken = tmp_path / "broken"
     broken.mkdir()
     good = (folders / "train" / "rocket.png").read_bytes()
     (broken / "rocket.png").write_bytes(good[: len(good) // 2])  # truncated
     with pytest.raises(data_sources.DataError, match=r"cannot read image .*broken/rocket.png"):
-        sr.train_and_evaluate(_config(folders, train_data=str(broken)), str(tmp_path / "b"))
+        trainer.run(
+            _config(folders, train_data=str(broken)), str(tmp_path / "b"), tasks.super_resolution
+        )
     with pytest.raises(data_sources.DataError, match="smaller than patch_size=30"):
-        sr.train_and_evaluate(_config(folders, patch_size=30), str(tmp_path / "c"))
+        trainer.run(_config(folders, patch_size=30), str(tmp_path / "c"), tasks.super_resolution)
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     Image.fromarray(np.zeros((40, 14, 3), np.uint8)).save(tiny / "thin.png")
     with pytest.raises(
         data_sources.DataError, match=r"image thin \(40x14\) of .*tiny is too small to"
     ):
-        sr.train_and_evaluate(_config(folders, eval_data=str(tiny)), str(tmp_path / "d"))
+        trainer.run(
+            _config(folders, eval_data=str(tiny)), str(tmp_path / "d"), tasks.super_resolution
+        )
 
 
 def test_tiled_upscaling_equals_the_whole_image(uninterrupted, folders):
@@ -210,7 +228,7 @@ def test_tfds_div2k_by_name(folders, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
     config = _config(folders, train_data="tfds:div2k", eval_data="tfds:div2k", num_train_steps=2)
     with tfds.testing.mock_data(num_examples=2):  # 43x33 and 26x28: big enough
-        result = sr.train_and_evaluate(config, str(tmp_path / "w"))
+        result = trainer.run(config, str(tmp_path / "w"), tasks.super_resolution)
     assert result["step"] == 2 and np.isfinite(result["div2k_psnr"])
     with pytest.raises(data_sources.DataError, match="tfds dataset 'div2k' split 'train' is not"):
         sr_data.open_hr("tfds:div2k", "train", data_dir=str(tmp_path / "none"))

@@ -10,7 +10,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from train import checkpointing, classification, config_checks, sharding, train
+from train import checkpointing, classification, config_checks, sharding, tasks, trainer
 from train import eval as train_eval
 from train.configs import mnist
 
@@ -45,11 +45,17 @@ def _final_params(workdir):
 def test_resume_continues_exactly(idx_dir, tmp_path):
     """A run stopped after step 3 (mid-epoch) and restarted ends with the same parameters,
     batch statistics and optimizer state as an uninterrupted run: data order included."""
-    straight = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=6), tmp_path / "a")
-    first = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=3), tmp_path / "b")
+    straight = trainer.run(
+        _lenet_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.classification
+    )
+    first = trainer.run(
+        _lenet_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.classification
+    )
     assert first["step"] == 3
     assert checkpointing.manager(tmp_path / "b" / "checkpoints").all_steps() == [3]
-    resumed = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=6), tmp_path / "b")
+    resumed = trainer.run(
+        _lenet_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.classification
+    )
     assert resumed["step"] == straight["step"] == 6
     step_a, state_a = _final_params(tmp_path / "a")
     step_b, state_b = _final_params(tmp_path / "b")
@@ -67,8 +73,8 @@ def test_resume_continues_exactly(idx_dir, tmp_path):
 
 def test_resume_at_the_end_does_nothing_new(idx_dir, tmp_path):
     config = _lenet_config(idx_dir, num_train_steps=2)
-    first = train.train_and_evaluate(config, tmp_path)
-    again = train.train_and_evaluate(config, tmp_path)
+    first = trainer.run(config, tmp_path, tasks.classification)
+    again = trainer.run(config, tmp_path, tasks.classification)
     assert again == first
 
 
@@ -84,7 +90,7 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
     # 32 images, batch 16: 2 steps per epoch; p = 2 -> 1 over 2 epochs, then 1.
     data = datafiles.write_idx_dir(tmp_path / "data", num_train=32, num_test=8)
     config = _lenet_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
-    train.train_and_evaluate(config, tmp_path / "w")
+    trainer.run(config, tmp_path / "w", tasks.classification)
     logged = [m for m in map(json.loads, open(tmp_path / "w" / "metrics.jsonl"))]
     p_by_step = {m["step"]: m["p"] for m in logged if m["split"] == "train"}
     assert p_by_step == {1: 2.0, 2: 2.0, 3: 1.5, 4: 1.5, 5: 1.0, 6: 1.0}
@@ -93,7 +99,7 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
 
 def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
     config = _lenet_config(idx_dir, num_epochs=5, keep_checkpoints=2)
-    train.train_and_evaluate(config, tmp_path)
+    trainer.run(config, tmp_path, tasks.classification)
     mngr = checkpointing.manager(tmp_path / "checkpoints", read_only=True)
     steps = mngr.all_steps()
     assert steps[-2:] == [16, 20]
@@ -105,7 +111,7 @@ def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
 
 
 def test_eval_program_matches_training_eval(idx_dir, tmp_path):
-    result = train.train_and_evaluate(_lenet_config(idx_dir, num_train_steps=4), tmp_path)
+    result = trainer.run(_lenet_config(idx_dir, num_train_steps=4), tmp_path, tasks.classification)
     again = train_eval.evaluate_checkpoint(str(tmp_path))
     assert again["top1"] == result["top1"] and again["count"] == 20
     by_path = train_eval.evaluate_checkpoint(checkpoint=str(tmp_path / "checkpoints" / "4"))
@@ -120,7 +126,7 @@ def test_eval_program_reads_only_the_test_split(idx_dir, tmp_path):
     """A workdir evaluated where only the test files are: the model, the p it trained with
     (from the steps per epoch stored in the checkpoint) and the result are the training's."""
     config = _lenet_config(idx_dir, num_train_steps=4, p_init=2.0, p_final=1.0, p_decay_epochs=2)
-    result = train.train_and_evaluate(config, tmp_path / "w")
+    result = trainer.run(config, tmp_path / "w", tasks.classification)
     test_only = tmp_path / "test_only"
     test_only.mkdir()
     for path in pathlib.Path(idx_dir).glob("t10k-*"):
@@ -134,12 +140,12 @@ def test_eval_program_reads_only_the_test_split(idx_dir, tmp_path):
     assert meta["steps_per_epoch"] == 4
     assert train_eval.checkpoint_p(config, 4, meta) == 2.0
     with pytest.raises(Exception, match="train"):  # the training split would be needed
-        train.train_and_evaluate(_lenet_config(test_only), tmp_path / "fresh")
+        trainer.run(_lenet_config(test_only), tmp_path / "fresh", tasks.classification)
 
 
 def test_outputs_written(idx_dir, tmp_path):
     config = _lenet_config(idx_dir, num_train_steps=4, plots=True)
-    train.train_and_evaluate(config, tmp_path)
+    trainer.run(config, tmp_path, tasks.classification)
     for name in ("curves.png", "weights.png", "results.json", "metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
     assert list((tmp_path / "tensorboard").iterdir())
@@ -149,15 +155,17 @@ def test_outputs_written(idx_dir, tmp_path):
 def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
     # The CNN of the same architecture and the run without the adaptive learning rate.
     for name, overrides in (("cnn", {"adder": False}), ("noadaptive", {"adaptive_lr": False})):
-        result = train.train_and_evaluate(
-            _lenet_config(idx_dir, num_train_steps=2, **overrides), tmp_path / name
+        result = trainer.run(
+            _lenet_config(idx_dir, num_train_steps=2, **overrides),
+            tmp_path / name,
+            tasks.classification,
         )
         assert np.isfinite(result["loss"])
 
 
 def test_batch_larger_than_the_dataset(idx_dir, tmp_path):
     with pytest.raises(config_checks.ConfigError, match="larger than the 64 training examples"):
-        train.train_and_evaluate(_lenet_config(idx_dir, batch_size=128), tmp_path)
+        trainer.run(_lenet_config(idx_dir, batch_size=128), tmp_path, tasks.classification)
 
 
 def test_fsdp_spec_splits_the_largest_divisible_axis():

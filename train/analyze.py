@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-import sys
 from typing import Any
 
 import jax
@@ -338,28 +337,22 @@ def analyze(
     return report
 
 
-def main(argv) -> None:
-    cli.quiet_logs()
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def run_from_flags(_=None) -> str:
+    """`analyze` of the flags; the program's last line."""
     f = flags.FLAGS
-    report = cli.exit_on_user_error(
-        lambda: analyze(
-            f.workdir,
-            f.cnn_workdir,
-            f.out,
-            best=f.best,
-            data_dir=f.data_dir,
-            data_format=f.data_format,
-            num_points=f.num_points,
-        )
+    report = analyze(
+        f.workdir,
+        f.cnn_workdir,
+        f.out,
+        best=f.best,
+        data_dir=f.data_dir,
+        data_format=f.data_format,
+        num_points=f.num_points,
     )
-    print(f"wrote {report}", file=sys.stdout)
+    return f"wrote {report}"
 
 
-def _define_flags() -> None:
-    # Defined when run as a program only: importing this module defines no absl flags (the
-    # other programs define some of the same names).
+def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Workdir of the AdderNet run.")
     flags.DEFINE_string("cnn_workdir", None, "Workdir of the CNN run of the same architecture.")
     flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/analysis).")
@@ -370,5 +363,5 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    define_flags()
+    app.run(cli.program(run_from_flags))

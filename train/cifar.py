@@ -9,7 +9,6 @@ from absl import app
 
 from train import cli
 
-cli.define_flags("cifar10.py")
-
 if __name__ == "__main__":
-    app.run(cli.train_main)
+    cli.define_flags("cifar10.py")
+    app.run(cli.train_program())

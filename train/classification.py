@@ -1,8 +1,8 @@
 """The image-classification task: its loss, its train and eval steps, and its evaluation.
 
 Steps are pure functions of (state, global batch, p), jitted over the mesh by
-`jit_train_step` and `jit_eval_step`; `train.train` hands them to the loop (`train.loop`),
-`train.eval` uses the eval step alone.
+`jit_train_step` and `jit_eval_step`; `train.tasks.classification` hands them to the loop
+(`train.loop`), `train.eval` uses the eval step alone.
 The l_p exponent p enters as an argument, so every p of a schedule shares one compilation.
 """
 

@@ -1,6 +1,8 @@
-"""What the program entry points share: flags, and bad input stopping with one line.
+"""What the programs share: flags, their `main` (`program`), bad input stopping with one line.
 
-`python -m train.cifar` and its siblings differ only in their default config file.
+Every `python -m train.X` runs `absl.app.run(main)` with a `main` made by `program` (or by
+`train_program`, for the training programs: `train.cifar` and its siblings differ only in
+their default config file, `train.sr` in its task).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import sys
+from collections.abc import Callable
 
 import jax
 from absl import app, flags, logging
@@ -94,36 +97,68 @@ def define_flags(default_config: str) -> None:
     flags.mark_flags_as_required(["workdir"])
 
 
-def exit_on_user_error(fn):
-    """Runs fn(); a `USER_ERRORS` exception becomes `error: ...` on stderr and exit 2."""
+def exit_on_user_error(fn, errors: tuple[type[BaseException], ...] = ()):
+    """Runs fn(); a `USER_ERRORS` (or `errors`) exception becomes `error: ...` on stderr and
+    exit 2."""
     try:
         return fn()
-    except USER_ERRORS as e:
+    except USER_ERRORS + tuple(errors) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
 
 
-def train_main(argv) -> None:
-    """The `main` of the training programs (absl.app calls it after parsing flags)."""
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    quiet_logs()
-    exit_on_user_error(initialize_distributed)
-    # Imported here, not at the top: grain's worker processes re-import the program's main
-    # module (train.mnist, ...), and the trainer is seconds of imports they do not need.
-    from train import loop, train
+def program(
+    run: Callable[[list[str]], str],
+    *,
+    args: int = 0,
+    usage: str | None = None,
+    distributed: bool = False,
+    errors: tuple[type[BaseException], ...] = (),
+) -> Callable[[list[str]], None]:
+    """The `main` of a program for `absl.app.run`, every program's one way to run.
 
-    try:
-        result = exit_on_user_error(
-            lambda: train.train_and_evaluate(flags.FLAGS.config, flags.FLAGS.workdir)
-        )
-    except loop.Interrupted as e:
-        print(str(e), file=sys.stderr)
-        sys.exit(128 + e.signum)  # the shell's convention for death by a signal
-    except loop.NonFiniteError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    print(
-        f"final test accuracy: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f} "
-        f"({result['count']} images, step {result['step']})"
-    )
+    It refuses other than `args` positional arguments (printing `usage`), turns library logs
+    down (`quiet_logs`), joins a multi-host run when `distributed` (the flags of
+    `define_distributed_flags`), then prints what ``run(positional arguments)`` returns.
+    Errors a user can fix (`USER_ERRORS` and `errors`) print one line and exit 2; a training
+    run stopped by a non-finite loss exits 3, one stopped by SIGTERM/SIGINT 128 + the signal
+    (the shell's convention for death by a signal).
+    """
+
+    def main(argv: list[str]) -> None:
+        if len(argv) != args + 1:
+            raise app.UsageError(usage or f"unexpected arguments: {' '.join(argv[1:])}")
+        quiet_logs()
+        if distributed:
+            exit_on_user_error(initialize_distributed)
+        # Imported here: grain's worker processes re-import the program's main module
+        # (train.mnist, ...), and the trainer is seconds of imports they do not need.
+        from train import loop
+
+        try:
+            line = exit_on_user_error(lambda: run(argv[1:]), errors)
+        except loop.Interrupted as e:
+            print(str(e), file=sys.stderr)
+            sys.exit(128 + e.signum)
+        except loop.NonFiniteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(3)
+        print(line)
+
+    return main
+
+
+def train_program(task_name: str | None = None) -> Callable[[list[str]], None]:
+    """The `main` of a training program: `train.trainer.run` of ``--config`` in
+    ``--workdir`` (flags of `define_flags`) as the task `train.tasks.<task_name>`, or, with
+    None, the classification task its config asks for (`train.tasks.for_config`)."""
+
+    def run(_) -> str:
+        from train import tasks, trainer
+
+        config = flags.FLAGS.config
+        task = tasks.for_config(config) if task_name is None else getattr(tasks, task_name)
+        result = trainer.run(config, flags.FLAGS.workdir, task)
+        return task.final_line(result)
+
+    return program(run, distributed=True)

@@ -34,7 +34,6 @@ import importlib
 import json
 import pathlib
 import re
-import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -295,29 +294,20 @@ def convert(
     return summary
 
 
-def main(argv) -> None:
-    cli.quiet_logs()
-    if len(argv) != 3:
-        raise app.UsageError("usage: python -m train.convert_torch --arch=ARCH SOURCE.pth OUT_DIR")
+def run_from_flags(args: list[str]) -> str:
+    """`convert` of SOURCE.pth OUT_DIR and the flags; the program's last line."""
     if flags.FLAGS.arch is None:
         raise app.UsageError("--arch is required (e.g. --arch=resnet20)")
-    try:
-        summary = cli.exit_on_user_error(
-            lambda: convert(argv[1], argv[2], flags.FLAGS.arch, dataset=flags.FLAGS.dataset)
-        )
-    except ConversionError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    source, out_dir = args
+    summary = convert(source, out_dir, flags.FLAGS.arch, dataset=flags.FLAGS.dataset)
     kind = "AdderNet" if summary["adder"] else "CNN"
-    print(
-        f"wrote {argv[2]}: {summary['arch']} {kind} for {summary['dataset']}, "
+    return (
+        f"wrote {out_dir}: {summary['arch']} {kind} for {summary['dataset']}, "
         f"{summary['tensors']} tensors, {summary['parameters']:,} parameters"
     )
 
 
-def _define_flags() -> None:
-    # Defined when run as a program only: importing this module defines no absl flags (the
-    # other programs define some of the same names).
+def define_flags() -> None:
     flags.DEFINE_string("arch", None, "Architecture, a name of adderjax.models.MODELS.")
     flags.DEFINE_string(
         "dataset", None, "Dataset the checkpoint is evaluated on (default: by arch and classes)."
@@ -325,5 +315,12 @@ def _define_flags() -> None:
 
 
 if __name__ == "__main__":
-    _define_flags()
-    app.run(main)
+    define_flags()
+    app.run(
+        cli.program(
+            run_from_flags,
+            args=2,
+            usage="usage: python -m train.convert_torch --arch=ARCH SOURCE.pth OUT_DIR",
+            errors=(ConversionError,),
+        )
+    )

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 import jax
 import ml_collections
@@ -30,18 +29,6 @@ from train import (
     saved_models,
     schedules,
     sharding,
-)
-
-cli.define_distributed_flags()
-flags.DEFINE_string("workdir", None, "A training workdir (its checkpoints/ are read).")
-flags.DEFINE_string("checkpoint", None, "A checkpoint directory: WORKDIR/checkpoints/STEP.")
-flags.DEFINE_bool("best", False, "With --workdir: the best checkpoint, not the newest.")
-flags.DEFINE_string("data_dir", None, "Overrides the data_dir stored in the checkpoint.")
-flags.DEFINE_string("data_format", None, "Overrides the data_format stored in the checkpoint.")
-flags.DEFINE_integer("batch_size", None, "Overrides the evaluation batch size.")
-flags.DEFINE_string("output", None, "Also write the result as JSON to this file.")
-flags.DEFINE_enum(
-    "network", "student", ["student", "teacher"], "Of a distillation run: which network."
 )
 
 
@@ -112,33 +99,41 @@ def checkpoint_p(config: ml_collections.ConfigDict, step: int, meta: dict) -> fl
     return schedules.p_at_step(config, max(step - 1, 0), steps_per_epoch)
 
 
-def main(argv) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    cli.quiet_logs()
+def run_from_flags(_=None) -> str:
+    """`evaluate_checkpoint` of the flags; writes --output; the program's last line."""
     f = flags.FLAGS
-    cli.exit_on_user_error(cli.initialize_distributed)
-    result = cli.exit_on_user_error(
-        lambda: evaluate_checkpoint(
-            f.workdir,
-            f.checkpoint,
-            best=f.best,
-            data_dir=f.data_dir,
-            data_format=f.data_format,
-            batch_size=f.batch_size,
-            network=f.network,
-        )
+    result = evaluate_checkpoint(
+        f.workdir,
+        f.checkpoint,
+        best=f.best,
+        data_dir=f.data_dir,
+        data_format=f.data_format,
+        batch_size=f.batch_size,
+        network=f.network,
     )
-    line = json.dumps(result)
     if f.output:
-        pathlib.Path(f.output).write_text(line + "\n")
-    print(
+        pathlib.Path(f.output).write_text(json.dumps(result) + "\n")
+    return (
         f"{result['model']} ({'adder' if result['adder'] else 'cnn'}) on {result['dataset']}, "
         f"step {result['step']}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
-        f"loss {result['loss']:.4f} ({result['count']} images)",
-        file=sys.stdout,
+        f"loss {result['loss']:.4f} ({result['count']} images)"
+    )
+
+
+def define_flags() -> None:
+    cli.define_distributed_flags()
+    flags.DEFINE_string("workdir", None, "A training workdir (its checkpoints/ are read).")
+    flags.DEFINE_string("checkpoint", None, "A checkpoint directory: WORKDIR/checkpoints/STEP.")
+    flags.DEFINE_bool("best", False, "With --workdir: the best checkpoint, not the newest.")
+    flags.DEFINE_string("data_dir", None, "Overrides the data_dir stored in the checkpoint.")
+    flags.DEFINE_string("data_format", None, "Overrides the data_format stored in the checkpoint.")
+    flags.DEFINE_integer("batch_size", None, "Overrides the evaluation batch size.")
+    flags.DEFINE_string("output", None, "Also write the result as JSON to this file.")
+    flags.DEFINE_enum(
+        "network", "student", ["student", "teacher"], "Of a distillation run: which network."
     )
 
 
 if __name__ == "__main__":
-    app.run(main)
+    define_flags()
+    app.run(cli.program(run_from_flags, distributed=True))

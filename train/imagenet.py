@@ -7,7 +7,6 @@ from absl import app
 
 from train import cli
 
-cli.define_flags("imagenet.py")
-
 if __name__ == "__main__":
-    app.run(cli.train_main)
+    cli.define_flags("imagenet.py")
+    app.run(cli.train_program())

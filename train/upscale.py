@@ -55,35 +55,39 @@ def upscale(predict: Callable, variables, image: np.ndarray, scale: int, *, tile
     return sr_metrics.quantize(out)
 
 
-def main(argv) -> None:
-    if len(argv) != 3:
-        raise app.UsageError("usage: python -m train.upscale --workdir=W IN.png OUT.png")
-    cli.quiet_logs()
-    source, target = argv[1], argv[2]
+def run_from_flags(args: list[str]) -> str:
+    """Upscales IN.png to OUT.png with the flags' model; the program's last line."""
+    source, target = args
     f = flags.FLAGS
-
-    def run():
-        model, variables, config, step = super_resolution.load(f.workdir, step=f.step)
-        image = sr_data.read_image(source)
-        predict = super_resolution.jit_predict(model)
-        result = upscale(predict, variables, image, config.scale, tile=f.tile, margin=f.margin)
-        try:
-            sr_data.save_image(result, target)
-        except OSError as e:
-            raise data_sources.DataError(f"cannot write {target}: {e}") from None
-        return config, step, image.shape, result.shape
-
-    config, step, before, after = cli.exit_on_user_error(run)
-    print(
-        f"{source} ({before[1]}x{before[0]}) -> {target} ({after[1]}x{after[0]}): "
+    model, variables, config, step = super_resolution.load(f.workdir, step=f.step)
+    image = sr_data.read_image(source)
+    predict = super_resolution.jit_predict(model)
+    result = upscale(predict, variables, image, config.scale, tile=f.tile, margin=f.margin)
+    try:
+        sr_data.save_image(result, target)
+    except OSError as e:
+        raise data_sources.DataError(f"cannot write {target}: {e}") from None
+    (h0, w0), (h1, w1) = image.shape[:2], result.shape[:2]
+    return (
+        f"{source} ({w0}x{h0}) -> {target} ({w1}x{h1}): "
         f"{config.model} x{config.scale} ({'AdderSR' if config.adder else 'CNN'}), step {step}"
     )
 
 
-if __name__ == "__main__":
+def define_flags() -> None:
     flags.DEFINE_string("workdir", None, "The workdir of a python -m train.sr run.")
     flags.DEFINE_integer("step", None, "The checkpoint to use (default: the newest).")
     flags.DEFINE_integer("tile", 256, "Tile size in LR pixels.")
     flags.DEFINE_integer("margin", 40, "Overlap per side in LR pixels (>= receptive radius).")
     flags.mark_flags_as_required(["workdir"])
-    app.run(main)
+
+
+if __name__ == "__main__":
+    define_flags()
+    app.run(
+        cli.program(
+            run_from_flags,
+            args=2,
+            usage="usage: python -m train.upscale --workdir=W IN.png OUT.png",
+        )
+    )

@@ -1,0 +1,76 @@
+"""`train.trainer.run` with a task built from the parts in a few lines: the run every task
+gets (workdir, checkpoints, exact resume, results.json, the resume policy)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from train import config_checks, data_sources, input_pipeline, loop, trainer
+from train.configs import default
+
+
+class CountingTask:
+    """A task module's three functions: state {"w"}, each step adds the batch's label sum;
+    evaluation reports w (a toy, in the shape of `train.tasks.classification`)."""
+
+    def validate(self, config):
+        if config.batch_size != 2:
+            raise config_checks.ConfigError(f"config.batch_size={config.batch_size}: expected 2")
+
+    def setup(self, config, mesh):
+        images = np.zeros((8, 2, 2, 1), np.uint8)
+        source = data_sources.ArraySource(images, np.arange(8) % 3)
+        steps_per_epoch, total_steps = loop.step_counts(config, len(source))
+        abstract = {"w": jax.ShapeDtypeStruct((), jnp.float32)}
+        task = loop.Task(
+            step=lambda state, batch, step: (
+                {"w": state["w"] + np.sum(batch["label"])},
+                {"loss": jnp.float32(step)},
+            ),
+            evaluate=lambda state, done: {"w": float(state["w"]), "count": 1},
+            describe=lambda result: f"w {result['w']:.0f}",
+            best_metric="w",
+        )
+        return trainer.Setup(
+            abstract=abstract,
+            init=lambda: {"w": jnp.zeros((), jnp.float32)},
+            loop_task=task,
+            train_batches=lambda: iter(
+                input_pipeline.train_loader(source, batch_size=2, seed=config.seed, augment="none")
+            ),
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+            resume_keys=("seed",),
+            result=lambda final: {**final, "task": "counting"},
+        )
+
+    def final_line(self, result):
+        return f"w {result['w']:.0f}"
+
+
+def _config(**overrides):
+    config = default.get_config()
+    config.update(batch_size=2, log_every_steps=2, progress_bar=False, plots=False)
+    config.update(overrides)
+    return config
+
+
+def test_a_task_from_the_parts_runs_resumes_and_writes_its_result(tmp_path):
+    straight = trainer.run(_config(num_train_steps=8), tmp_path / "a", CountingTask())
+    assert straight["task"] == "counting" and straight["step"] == 8
+    assert json.loads((tmp_path / "a" / "results.json").read_text()) == straight
+    trainer.run(_config(num_train_steps=4), tmp_path / "b", CountingTask())
+    resumed = trainer.run(_config(num_train_steps=8), tmp_path / "b", CountingTask())
+    assert resumed == straight  # the data iterator resumed with the state
+    # The task's resume keys: another seed is another run.
+    with pytest.raises(config_checks.ConfigError, match="seed=0 there, 1 here"):
+        trainer.run(_config(num_train_steps=9, seed=1), tmp_path / "b", CountingTask())
+
+
+def test_the_task_validates_before_anything_is_written(tmp_path):
+    with pytest.raises(config_checks.ConfigError, match="batch_size=4"):
+        trainer.run(_config(batch_size=4), tmp_path / "w", CountingTask())
+    assert not (tmp_path / "w").exists()
