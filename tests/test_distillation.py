@@ -212,3 +212,19 @@ def test_a_classification_workdir_is_not_resumed_as_distillation(tmp_path):
 def test_network_choice():
     with pytest.raises(ValueError, match="network must be one of student, teacher"):
         distillation.network(None, "both")
+
+
+def test_skip_nonfinite_skips_the_whole_step(idx_dir, tmp_path):
+    """skip_nonfinite: a step whose student, alignment or teacher went non-finite changes no
+    state (`model_state.keep_if_finite` on each), and every step still counts."""
+    config = _config(
+        idx_dir, learning_rate=1e38, adaptive_lr=False, skip_nonfinite=True, num_train_steps=3
+    )
+    trainer.run(config, tmp_path, tasks.distillation)
+    logged = [m for m in map(json.loads, open(tmp_path / "metrics.jsonl")) if m["split"] == "train"]
+    assert logged[-1]["skipped_steps"] >= 1
+    state = _state(tmp_path)
+    for part in ("student", "teacher", "align"):
+        assert int(state[part]["step"]) == 3, part
+        for leaf in jax.tree.leaves(state[part]["params"]):
+            assert np.all(np.isfinite(leaf)), part

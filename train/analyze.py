@@ -62,10 +62,10 @@ WEIGHT_NAMES = ("adder", "kernel")
 def layer_weights(params) -> dict[str, Any]:
     """{layer path: weight} for every conv/dense weight (``adder`` or ``kernel``), in order."""
     out = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        names = [str(k.key) for k in path]
-        if names[-1] in WEIGHT_NAMES:
-            out["/".join(names[:-1])] = leaf
+    for name, leaf in model_state.named_leaves(params).items():
+        layer, _, weight = name.rpartition("/")
+        if weight in WEIGHT_NAMES:
+            out[layer] = leaf
     return out
 
 

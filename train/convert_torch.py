@@ -149,8 +149,7 @@ def _abstract_variables(model, image_shape) -> dict:
 
 
 def _flat(variables) -> dict[tuple[str, ...], Any]:
-    leaves = jax.tree_util.tree_flatten_with_path(variables)[0]
-    return {tuple(str(k.key) for k in path): leaf for path, leaf in leaves}
+    return {tuple(k.split("/")): leaf for k, leaf in model_state.named_leaves(variables).items()}
 
 
 def expected_torch_shapes(model, image_shape) -> dict[str, tuple[int, ...]]:

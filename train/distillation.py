@@ -315,11 +315,14 @@ def train_step(
     grads = [s_grads, a_grads] + ([t_grads] if t_grads is not None else [])
     finite, grad_finite = model_state.finiteness([loss, t_loss], grads)
     if skip_nonfinite:
-        kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, state)
-        new_state = kept.replace(
-            student=kept.student.replace(step=state.student.step + 1),
-            teacher=kept.teacher.replace(step=new_state.teacher.step),
-            align=kept.align.replace(step=state.align.step + 1),
+        keep = model_state.keep_if_finite
+        new_state = DistillState(
+            student=keep(new_state.student, state.student, finite),
+            # A progressive teacher's step counts its updates; a frozen one's stays.
+            teacher=keep(new_state.teacher, state.teacher, finite).replace(
+                step=new_state.teacher.step
+            ),
+            align=keep(new_state.align, state.align, finite),
         )
     metrics = {
         "loss": loss,

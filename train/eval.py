@@ -47,24 +47,23 @@ def evaluate_checkpoint(
     Only the test split is read (no training data needs to be on this machine). Of a
     distillation run, ``network`` is the "student" (the AdderNet) or the "teacher" (the CNN).
     """
-    mngr, step = saved_models.open_checkpoint(workdir, checkpoint, best=best)
-    meta = checkpointing.read_meta(mngr, step)
-    config = checkpointing.config_from_meta(meta)
-    with config.unlocked():
-        config.data_dir = data_dir or config.data_dir
-        config.data_format = data_format or config.data_format
-        config.eval_batch_size = batch_size or config.eval_batch_size
-        config.steps_per_eval = -1
-        config.worker_count = min(config.worker_count, 2)
-    config_checks.validate(config, device_count=jax.device_count())
-    source, info = data_sources.open_source(
-        config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
-    )
-    mesh = sharding.make_mesh(config.fsdp_size)
-    _, state, shardings, net_config = saved_models.restore_network(
-        mngr, step, config, info, network=network, mesh=mesh
-    )
-    mngr.close()
+    with saved_models.open_checkpoint(workdir, checkpoint, best=best) as (mngr, step):
+        meta = checkpointing.read_meta(mngr, step)
+        config = checkpointing.config_from_meta(meta)
+        with config.unlocked():
+            config.data_dir = data_dir or config.data_dir
+            config.data_format = data_format or config.data_format
+            config.eval_batch_size = batch_size or config.eval_batch_size
+            config.steps_per_eval = -1
+            config.worker_count = min(config.worker_count, 2)
+        config_checks.validate(config, device_count=jax.device_count())
+        source, info = data_sources.open_source(
+            config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
+        )
+        mesh = sharding.make_mesh(config.fsdp_size)
+        _, state, shardings, net_config = saved_models.restore_network(
+            mngr, step, config, info, network=network, mesh=mesh
+        )
     p = np.float32(checkpoint_p(net_config, step, meta))
     eval_step = classification.jit_eval_step(info, shardings, mesh)
     with jax.set_mesh(mesh):

@@ -7,6 +7,7 @@ a checkpoint written by one restores in every other.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -23,6 +24,7 @@ from adderjax import models, optim
 from train import data_sources, schedules, sharding
 
 __all__ = [
+    "AdderOptions",
     "ModelState",
     "TrainState",
     "build",
@@ -32,6 +34,7 @@ __all__ = [
     "image_shape",
     "keep_if_finite",
     "make_optimizer",
+    "named_leaves",
     "param_names",
     "place",
 ]
@@ -41,23 +44,50 @@ class TrainState(train_state.TrainState):
     batch_stats: Any
 
 
+@dataclasses.dataclass(frozen=True)
+class AdderOptions:
+    """The adder layers' options of a config, one value for every task's models
+    (`adderjax.models`, `adderjax.sr_models`); `config_checks` checks the same keys."""
+
+    adder: bool
+    dtype: Any
+    input_grad: str
+    filter_grad: str
+    implementation: str | None
+    interpret: bool
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict) -> AdderOptions:
+        return cls(
+            adder=config.adder,
+            dtype=jnp.dtype(config.dtype),
+            input_grad=config.input_grad,
+            filter_grad=config.filter_grad,
+            implementation=config.implementation,
+            interpret=config.interpret,
+        )
+
+    def kwargs(self) -> dict[str, Any]:
+        """As keyword arguments of a model's constructor."""
+        return dataclasses.asdict(self)
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     return models.get_model(
-        config.model,
-        num_classes=num_classes,
-        adder=config.adder,
-        dtype=jnp.dtype(config.dtype),
-        input_grad=config.input_grad,
-        filter_grad=config.filter_grad,
-        implementation=config.implementation,
-        interpret=config.interpret,
+        config.model, num_classes=num_classes, **AdderOptions.from_config(config).kwargs()
     )
+
+
+def named_leaves(tree) -> dict[str, Any]:
+    """{"layer/kernel": leaf} of a parameter (or any) tree, in the order of
+    `jax.tree.leaves` (the order of a step's per-leaf metrics)."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf for path, leaf in leaves}
 
 
 def param_names(params) -> list[str]:
     """Parameter paths ("layer/kernel") in the order of `jax.tree.leaves` of the params."""
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    return ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+    return list(named_leaves(params))
 
 
 def make_optimizer(

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flax import traverse_util
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -145,15 +146,6 @@ def compare_curves(
     save_figure(fig, path)
 
 
-def _walk(tree: Any, path: tuple[str, ...] = ()):
-    """Yields (path, leaf) for the leaves of nested mappings (dicts, FrozenDicts)."""
-    if isinstance(tree, Mapping):
-        for key, sub in tree.items():
-            yield from _walk(sub, (*path, str(key)))
-    else:
-        yield path, tree
-
-
 def weight_histograms(
     params: Mapping[str, Any], *, exclude: Iterable[str] = DEFAULT_EXCLUDE
 ) -> dict[str, np.ndarray]:
@@ -170,7 +162,7 @@ def weight_histograms(
         params = params["params"]
     exclude = frozenset(exclude)
     groups: dict[str, list[np.ndarray]] = {"adder": [], "kernel": []}
-    for path, leaf in _walk(params):
+    for path, leaf in traverse_util.flatten_dict(params).items():
         name = path[-1]
         if name not in groups or path[0] in exclude or np.ndim(leaf) != 4:
             continue

@@ -12,7 +12,9 @@ with ``network="teacher"``.
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
+from collections.abc import Iterator
 from typing import Any
 
 from train import checkpointing, config_checks, data_sources, distillation, model_state
@@ -20,7 +22,7 @@ from train import checkpointing, config_checks, data_sources, distillation, mode
 __all__ = ["load_model", "open_checkpoint", "restore_network", "saved_config"]
 
 
-def _locate(workdir: str | None, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
+def _locate(workdir, checkpoint: str | None) -> tuple[pathlib.Path, int | None]:
     """(checkpoint directory, step or None for newest/best)."""
     if (workdir is None) == (checkpoint is None):
         raise config_checks.ConfigError("give exactly one of --workdir and --checkpoint")
@@ -53,12 +55,11 @@ def load_model(
         model, variables, config = load_model("/tmp/r20")
         logits = model.apply(variables, images, train=False)
     """
-    mngr, step = open_checkpoint(workdir, checkpoint, best=best)
-    config = _stored_config(mngr, step)
-    model, state, _, config = restore_network(
-        mngr, step, config, data_sources.DATASETS[config.dataset], network=network
-    )
-    mngr.close()
+    with open_checkpoint(workdir, checkpoint, best=best) as (mngr, step):
+        config = _stored_config(mngr, step)
+        model, state, _, config = restore_network(
+            mngr, step, config, data_sources.DATASETS[config.dataset], network=network
+        )
     return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 
 
@@ -68,10 +69,8 @@ def saved_config(
     """(config, checkpoint path) of a saved checkpoint, read from its metadata without its
     arrays; the path (WORKDIR/checkpoints/STEP) names that step for `load_model` later, even
     if the run saves a newer one meanwhile."""
-    mngr, step = open_checkpoint(workdir, checkpoint, best=best)
-    config = _stored_config(mngr, step)
-    mngr.close()
-    return config, checkpointing.step_dir(mngr, step)
+    with open_checkpoint(workdir, checkpoint, best=best) as (mngr, step):
+        return _stored_config(mngr, step), checkpointing.step_dir(mngr, step)
 
 
 def _stored_config(mngr, step: int):
@@ -109,20 +108,39 @@ def _open(directory: pathlib.Path, step: int | None, best: bool):
     if not directory.is_dir():
         raise config_checks.ConfigError(f"no checkpoints in {directory}")
     mngr = checkpointing.manager(directory, read_only=True)
+    steps = list(mngr.all_steps())
     if step is None:
         step = mngr.best_step() if best else mngr.latest_step()
-    if step is None or step not in mngr.all_steps():
+    if not steps or step not in steps:
+        mngr.close()
+        where = f"{directory} (steps there: {steps})" if steps else f"{directory}: it has none"
         raise config_checks.ConfigError(
-            f"no checkpoint {'' if step is None else step} in {directory} "
-            f"(steps there: {list(mngr.all_steps())})"
+            f"no checkpoint{'' if step is None else f' {step}'} in {where}"
         )
     return mngr, step
 
 
+@contextlib.contextmanager
 def open_checkpoint(
-    workdir: str | None = None, checkpoint: str | None = None, *, best: bool = False
-):
-    """(read-only checkpoint manager, step) for ``--workdir`` (newest or best) or
-    ``--checkpoint`` (WORKDIR/checkpoints/STEP)."""
-    directory, step = _locate(workdir, checkpoint)
-    return _open(directory, step, best)
+    workdir: str | pathlib.Path | None = None,
+    checkpoint: str | None = None,
+    *,
+    best: bool = False,
+    step: int | None = None,
+) -> Iterator[tuple[Any, int]]:
+    """``with open_checkpoint(...) as (mngr, step):`` a read-only checkpoint manager and the
+    step of ``--workdir`` (its newest, its best with `best`, or `step`) or of
+    ``--checkpoint`` (WORKDIR/checkpoints/STEP); the manager is closed on leaving, by an
+    error too.
+
+    Raises:
+      config_checks.ConfigError: no such workdir, checkpoint or step.
+    """
+    directory, at = _locate(workdir, checkpoint)
+    if step is not None and checkpoint is not None:
+        raise config_checks.ConfigError("give a step with --workdir, not with --checkpoint")
+    mngr, step = _open(directory, at if step is None else step, best)
+    try:
+        yield mngr, step
+    finally:
+        mngr.close()

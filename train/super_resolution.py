@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh
 
 from adderjax import sr_models
-from train import checkpointing, model_state, sharding, sr_metrics
+from train import checkpointing, config_checks, model_state, saved_models, sharding, sr_metrics
 from train.configs import sr as sr_config
 from train.model_state import TrainState
 
@@ -69,14 +69,9 @@ def create_model(config: ml_collections.ConfigDict):
     kwargs = dict(
         scale=config.scale,
         features=config.features,
-        adder=config.adder,
         self_shortcut=config.self_shortcut,
         power_activation=config.power_activation,
-        dtype=jnp.dtype(config.dtype),
-        input_grad=config.input_grad,
-        filter_grad=config.filter_grad,
-        implementation=config.implementation,
-        interpret=config.interpret,
+        **model_state.AdderOptions.from_config(config).kwargs(),
     )
     if config.model == "edsr":
         kwargs.update(
@@ -215,29 +210,16 @@ def load(workdir: str | pathlib.Path, *, step: int | None = None):
     """(model, variables, config, step) of an SR run's checkpoint (the newest by default).
 
     Raises:
-      checkpointing.CheckpointError: the workdir has no checkpoint (or not that step).
+      config_checks.ConfigError: the workdir has no checkpoint (or not that step), or is not
+        a super-resolution run's.
     """
-    directory = checkpointing.checkpoint_dir(workdir)
-    if not directory.is_dir():
-        raise checkpointing.CheckpointError(f"no checkpoints in {directory}: train there first")
-    mngr = checkpointing.manager(directory, read_only=True)
-    try:
-        steps = mngr.all_steps()
-        if not steps:
-            raise checkpointing.CheckpointError(f"no checkpoints in {directory}")
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise checkpointing.CheckpointError(
-                f"no checkpoint {step} in {directory}: it has {sorted(steps)}"
-            )
+    with saved_models.open_checkpoint(workdir, step=step) as (mngr, step):
         meta = checkpointing.read_meta(mngr, step)
         if "scale" not in meta["config"]:
-            raise checkpointing.CheckpointError(
-                f"the checkpoints in {directory} are not of a super-resolution run"
+            raise config_checks.ConfigError(
+                f"the checkpoints in {mngr.directory} are not of a super-resolution run"
             )
         config = checkpointing.config_from_meta(meta, sr_config.get_config())
         built = build(config)
         state, _ = checkpointing.restore(mngr, step, built.abstract)
-    finally:
-        mngr.close()
     return built.model, _variables(state), config, step

@@ -7,6 +7,8 @@ only what changes, as in flax's examples/imagenet/configs.
 import ml_collections
 from ml_collections import config_dict
 
+from train.configs import run_control
+
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -88,24 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.sigma_a = 1.0
     config.sigma_c = 1.0
 
-    # Run control.
-    config.seed = 0
-    # > 0 stops after this many steps (smoke tests); otherwise num_epochs of steps.
-    config.num_train_steps = -1
+    # Run control (seed, num_train_steps, cadence, checkpoints kept, progress bar).
+    run_control.add_run_control(config)
     # > 0 evaluates on only this many batches.
     config.steps_per_eval = -1
-    config.eval_every_epochs = 1
-    config.log_every_steps = 50
-    config.checkpoint_every_epochs = 1
-    # > 0 also checkpoints every this many steps (long epochs on preemptible machines).
-    config.checkpoint_every_steps = 0
-    # A non-finite loss or gradient stops the run (keeping the last good checkpoint);
-    # True skips that step's update instead and counts it in the metrics.
-    config.skip_nonfinite = False
-    # The newest keep_checkpoints checkpoints are kept, and the best by eval top-1.
-    config.keep_checkpoints = 3
     # PNG plots (training curves, weight histograms) written at the end.
     config.plots = True
-    # Progress bar on the terminal (a plain line every log_every_steps when not a tty).
-    config.progress_bar = True
     return config

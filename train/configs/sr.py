@@ -21,6 +21,8 @@ the authors' README table to compare with (PSNR / SSIM on the Y channel):
 import ml_collections
 from ml_collections import config_dict
 
+from train.configs import run_control
+
 
 def get_config(arg: str = "edsr,2") -> ml_collections.ConfigDict:
     try:
@@ -69,16 +71,7 @@ def get_config(arg: str = "edsr,2") -> ml_collections.ConfigDict:
     config.b2 = 0.999
     config.eps = 1e-8
 
-    # Run control, as the classification programs.
-    config.seed = 0
-    config.num_train_steps = -1
-    config.eval_every_epochs = 1
-    config.log_every_steps = 50
-    config.checkpoint_every_epochs = 1
-    config.checkpoint_every_steps = 0
-    config.skip_nonfinite = False
-    # The newest keep_checkpoints checkpoints are kept, and the best by the first eval set's
-    # PSNR.
-    config.keep_checkpoints = 3
-    config.progress_bar = True
+    # Run control, as the classification programs (the best checkpoint: the first eval
+    # set's PSNR).
+    run_control.add_run_control(config)
     return config
