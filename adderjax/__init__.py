@@ -2,7 +2,9 @@
 
 The adder op (`adder_conv`, `adder_dense`) with the AdderNet gradients, its plain reference
 (`adderjax.reference`), Flax layers (`adderjax.nn` for linen, `adderjax.nnx` for NNX), the
-adaptive-learning-rate optimizer (`adderjax.optim`) and the model zoo (`adderjax.models`).
+adaptive-learning-rate optimizer (`adderjax.optim`), the model zoo (`adderjax.models`), the
+super-resolution networks (`adderjax.sr_models`), PKKD's kernel maps and losses
+(`adderjax.distill`) and the op and energy counts (`adderjax.counting`).
 """
 
 from adderjax import models as models

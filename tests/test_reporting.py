@@ -188,14 +188,14 @@ def test_truncated_last_line(tmp_path):
 def test_progress_bar_plain_lines(capsys):
     bar = reporting.ProgressBar(200, 0, log_every=50, desc="train")
     for step in range(1, 131):
-        bar.update(step, loss=jnp.asarray(2.302585), accuracy=0.1016, images_per_second=12345.6)
+        bar.update(step, loss=jnp.asarray(2.302585), top1=0.1016, images_per_second=12345.6)
     bar.close()
     captured = capsys.readouterr()
     assert captured.out == ""
     lines = captured.err.splitlines()
     assert "\r" not in captured.err
     assert [line.split()[1] for line in lines] == ["50/200", "100/200", "130/200"]
-    assert lines[0].startswith("train 50/200 (25%) loss=2.303 acc=0.1016 img/s=12346 [")
+    assert lines[0].startswith("train 50/200 (25%) loss=2.303 top1=0.1016 img/s=12346 [")
     assert "step/s]" in lines[0]
 
 

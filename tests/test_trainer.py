@@ -2,14 +2,18 @@
 gets (workdir, checkpoints, exact resume, results.json, the resume policy)."""
 
 import json
+import logging
+import pathlib
+import shutil
 
+import datafiles
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import config_checks, data_sources, input_pipeline, loop, trainer
-from train.configs import default
+from train import config_checks, data_sources, input_pipeline, loop, tasks, trainer
+from train.configs import default, mnist
 
 
 class CountingTask:
@@ -74,3 +78,35 @@ def test_the_task_validates_before_anything_is_written(tmp_path):
     with pytest.raises(config_checks.ConfigError, match="batch_size=4"):
         trainer.run(_config(batch_size=4), tmp_path / "w", CountingTask())
     assert not (tmp_path / "w").exists()
+
+
+OLD_WORKDIR = pathlib.Path(__file__).parent / "data" / "workdir_before_trainer"
+
+
+def test_a_workdir_from_before_the_trainer_resumes(tmp_path, monkeypatch, caplog):
+    """tests/data/workdir_before_trainer: one LeNet-5-BN step written by `train.train` of
+    44397ff (before `train.trainer` and `train.tasks`; 32 idx images of datafiles in ./idx,
+    batch 16, the XLA path): the classification task resumes it at step 1 and takes step 2.
+    (The data iterator's checkpoint names its files, so the data sits where it sat.)"""
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "w"
+    shutil.copytree(OLD_WORKDIR, workdir)
+    config = mnist.get_config()
+    config.update(
+        data_dir=datafiles.write_idx_dir("idx", num_train=32, num_test=8),
+        batch_size=16,
+        eval_batch_size=8,
+        num_train_steps=2,
+        log_every_steps=1,
+        progress_bar=False,
+        plots=False,
+        keep_checkpoints=1,
+        worker_count=0,
+        implementation="xla",
+    )
+    with caplog.at_level(logging.INFO):
+        result = trainer.run(config, workdir, tasks.classification)
+    assert f"resumed from {workdir / 'checkpoints'} at step 1" in caplog.text
+    assert result["step"] == 2 and result["count"] == 8
+    logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [m["step"] for m in logged if m["split"] == "train"] == [1, 2]  # 1: the old run's

@@ -4,8 +4,9 @@ r"""The AdderNet paper's analyses of a trained AdderNet and the CNN of the same 
 
 writes into ``WORKDIR/analysis`` (or --out):
 
-* ``gradient_norms``: the l2 norm of every layer's weight gradient at the first iteration,
-  from the run's own initialisation and first batch (Chen et al. 2020, Table 1);
+* the l2 norm of every layer's weight gradient at the first iteration, from the run's own
+  initialisation and first batch (Chen et al. 2020, Table 1), as a table of
+  ``analysis.md`` and ``grad_norms`` of ``analysis.json``;
 * ``filters.png``: the filters of the first layer and of the first adder layer (Figure 5);
 * ``weights.png``: adder vs convolution weight histograms with fitted Laplace and Gaussian
   densities (Figure 7 of the journal version);

@@ -6,13 +6,16 @@ when it is damaged says so, moves it aside (never deletes it) and falls back to 
 newest, down to the oldest.
 
 One `CheckpointManager` under `workdir/checkpoints` keeps the newest `keep` checkpoints and
-the best one by evaluation top-1. Each checkpoint holds three items: `state` (parameters,
-batch statistics, optimizer state, step), `data` (the grain iterator's position, so a
-resumed run reads exactly the batches it would have read) and `meta` (the config as JSON and
-the metrics of that step, so `train.eval` can rebuild the model from a checkpoint alone).
+the best one by the task's evaluation metric (`manager(best_metric=...)`: top-1 for
+classification and distillation, the first evaluation set's PSNR for super-resolution).
+Each checkpoint holds three items: `state` (parameters, batch statistics, optimizer state,
+step), `data` (the grain iterator's position, so a resumed run reads exactly the batches it
+would have read) and `meta` (the config as JSON and the metrics of that step, so `train.eval`
+can rebuild the model from a checkpoint alone).
 
 The resume policy is here too: `check_resumable` refuses a workdir whose checkpoints were
-made by a config that would restore into another model (`RESUME_KEYS`).
+made by a config that would restore into another model (a task's keys: classification's and
+distillation's `RESUME_KEYS`, super-resolution's `train.super_resolution.RESUME_KEYS`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The training loop every task shares: steps, logs, evaluations, checkpoints, signals.
 
-A task (classification today; distillation and super-resolution next) gives the loop a
-`Task`: how to take a step, how to evaluate, which evaluation metric ranks checkpoints.
+A task (`train.tasks`: classification, distillation, super-resolution; `train.trainer`
+runs it) gives the loop a `Task`: how to take a step, how to evaluate, which evaluation
+metric ranks checkpoints.
 The loop owns the cadence (``log_every_steps``, ``eval_every_epochs``,
 ``checkpoint_every_epochs``, ``checkpoint_every_steps`` of the config), stops cleanly on
 SIGTERM/SIGINT after saving, and refuses to evaluate or checkpoint a state reached through a

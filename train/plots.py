@@ -20,8 +20,8 @@ from matplotlib.figure import Figure
 # Metric names accepted for each curve, first match wins; the trainer's names come first,
 # the others let curves from runs logged with common alternative names plot as well.
 _LOSS = ("loss",)
-_TOP1 = ("accuracy", "top1_accuracy", "top1", "top_1")
-_TOP5 = ("top5_accuracy", "top5", "top_5")
+_TOP1 = ("top1", "accuracy", "top1_accuracy", "top_1")
+_TOP5 = ("top5", "top5_accuracy", "top_5")
 _LEARNING_RATE = ("learning_rate", "lr")
 _P = ("p",)
 

@@ -231,14 +231,8 @@ class MetricWriter:
         self.close()
 
 
-# Short postfix names so loss, accuracy and throughput fit on one terminal line.
-_SHORT_NAMES = {
-    "accuracy": "acc",
-    "top1_accuracy": "top1",
-    "top5_accuracy": "top5",
-    "images_per_second": "img/s",
-    "learning_rate": "lr",
-}
+# Short postfix names of the loop's metrics, so they fit on one terminal line.
+_SHORT_NAMES = {"images_per_second": "img/s", "learning_rate": "lr"}
 
 
 def _format_value(value: float) -> str:
@@ -257,7 +251,7 @@ class ProgressBar:
 
     A redrawing bar turns into carriage-return noise in CI logs and captured output, so
     when `file` is not a terminal no bar is drawn; instead one self-contained line, e.g.
-    ``train 150/1000 (15%) loss=2.303 acc=0.1016 img/s=12345 [0:01:02<0:05:51, 2.41 step/s]``,
+    ``train 150/1000 (15%) loss=2.303 top1=0.1016 img/s=12345 [0:01:02<0:05:51, 2.41 step/s]``,
     is printed every `log_every` steps and at the last step.
 
     Args:

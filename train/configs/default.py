@@ -1,7 +1,9 @@
-"""The shared defaults of every training program: the AdderNet reference recipe.
+"""The shared defaults of the classification programs: the AdderNet reference recipe.
 
-Dataset configs (`cifar10.py`, `mnist.py`, ...) start from `get_config()` here and override
-only what changes, as in flax's examples/imagenet/configs.
+Dataset configs (`cifar10.py`, `mnist.py`, ..., and the distillation configs `pkkd_*.py`)
+start from `get_config()` here and override only what changes, as in flax's
+examples/imagenet/configs. Super-resolution's config is `sr.py`; both take their run-control
+keys from `run_control.py`.
 """
 
 import ml_collections
