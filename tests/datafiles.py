@@ -15,6 +15,7 @@ import numpy as np
 
 __all__ = [
     "fake_split",
+    "lenet_config",
     "write_cifar10_dir",
     "write_cifar100_dir",
     "write_idx",
@@ -198,3 +199,21 @@ def write_tfds_array_record(
     builder.info.set_splits(tfds.core.SplitDict(splits))
     builder.info.write_to_directory(builder.data_dir)
     return directory
+
+
+def lenet_config(data_dir, **overrides):
+    """The LeNet-5-BN Fashion-MNIST config (`train/configs/mnist.py`) made small for files
+    written by `write_idx_dir`: batch 16, evaluation batches of 8, 3 epochs, a log line
+    every step, no progress bar and no plots."""
+    from train.configs import mnist
+
+    config = mnist.get_config()
+    config.data_dir = str(data_dir)
+    config.batch_size = 16
+    config.eval_batch_size = 8
+    config.num_epochs = 3
+    config.log_every_steps = 1
+    config.progress_bar = False
+    config.plots = False
+    config.update(overrides)
+    return config

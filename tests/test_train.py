@@ -1,8 +1,7 @@
-"""The trainer in-process: exact resume, the l_p schedule, checkpoints, configs, eval."""
+"""The classification task's runs in-process: exact resume, the l_p schedule, checkpoints,
+configs."""
 
 import json
-import pathlib
-import shutil
 
 import datafiles
 import jax
@@ -11,21 +10,6 @@ import orbax.checkpoint as ocp
 import pytest
 
 from train import checkpointing, classification, config_checks, sharding, tasks, trainer
-from train import eval as train_eval
-from train.configs import mnist
-
-
-def _lenet_config(data_dir, **overrides):
-    config = mnist.get_config()
-    config.data_dir = str(data_dir)
-    config.batch_size = 16
-    config.eval_batch_size = 8
-    config.num_epochs = 3
-    config.log_every_steps = 1
-    config.progress_bar = False
-    config.plots = False
-    config.update(overrides)
-    return config
 
 
 @pytest.fixture(scope="module")
@@ -46,15 +30,15 @@ def test_resume_continues_exactly(idx_dir, tmp_path):
     """A run stopped after step 3 (mid-epoch) and restarted ends with the same parameters,
     batch statistics and optimizer state as an uninterrupted run: data order included."""
     straight = trainer.run(
-        _lenet_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.classification
+        datafiles.lenet_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.classification
     )
     first = trainer.run(
-        _lenet_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.classification
+        datafiles.lenet_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.classification
     )
     assert first["step"] == 3
     assert checkpointing.manager(tmp_path / "b" / "checkpoints").all_steps() == [3]
     resumed = trainer.run(
-        _lenet_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.classification
+        datafiles.lenet_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.classification
     )
     assert resumed["step"] == straight["step"] == 6
     step_a, state_a = _final_params(tmp_path / "a")
@@ -72,7 +56,7 @@ def test_resume_continues_exactly(idx_dir, tmp_path):
 
 
 def test_resume_at_the_end_does_nothing_new(idx_dir, tmp_path):
-    config = _lenet_config(idx_dir, num_train_steps=2)
+    config = datafiles.lenet_config(idx_dir, num_train_steps=2)
     first = trainer.run(config, tmp_path, tasks.classification)
     again = trainer.run(config, tmp_path, tasks.classification)
     assert again == first
@@ -89,7 +73,7 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
     monkeypatch.setattr(classification, "train_step", counting_step)
     # 32 images, batch 16: 2 steps per epoch; p = 2 -> 1 over 2 epochs, then 1.
     data = datafiles.write_idx_dir(tmp_path / "data", num_train=32, num_test=8)
-    config = _lenet_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
+    config = datafiles.lenet_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
     trainer.run(config, tmp_path / "w", tasks.classification)
     logged = [m for m in map(json.loads, open(tmp_path / "w" / "metrics.jsonl"))]
     p_by_step = {m["step"]: m["p"] for m in logged if m["split"] == "train"}
@@ -98,7 +82,7 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
 
 
 def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
-    config = _lenet_config(idx_dir, num_epochs=5, keep_checkpoints=2)
+    config = datafiles.lenet_config(idx_dir, num_epochs=5, keep_checkpoints=2)
     trainer.run(config, tmp_path, tasks.classification)
     mngr = checkpointing.manager(tmp_path / "checkpoints", read_only=True)
     steps = mngr.all_steps()
@@ -110,41 +94,8 @@ def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
     assert 0 <= meta["metrics"][checkpointing.BEST_METRIC] <= 1
 
 
-def test_eval_program_matches_training_eval(idx_dir, tmp_path):
-    result = trainer.run(_lenet_config(idx_dir, num_train_steps=4), tmp_path, tasks.classification)
-    again = train_eval.evaluate_checkpoint(str(tmp_path))
-    assert again["top1"] == result["top1"] and again["count"] == 20
-    by_path = train_eval.evaluate_checkpoint(checkpoint=str(tmp_path / "checkpoints" / "4"))
-    assert by_path["loss"] == pytest.approx(result["loss"])
-    with pytest.raises(config_checks.ConfigError, match="exactly one"):
-        train_eval.evaluate_checkpoint()
-    with pytest.raises(config_checks.ConfigError, match="no checkpoint 7 in"):
-        train_eval.evaluate_checkpoint(checkpoint=str(tmp_path / "checkpoints" / "7"))
-
-
-def test_eval_program_reads_only_the_test_split(idx_dir, tmp_path):
-    """A workdir evaluated where only the test files are: the model, the p it trained with
-    (from the steps per epoch stored in the checkpoint) and the result are the training's."""
-    config = _lenet_config(idx_dir, num_train_steps=4, p_init=2.0, p_final=1.0, p_decay_epochs=2)
-    result = trainer.run(config, tmp_path / "w", tasks.classification)
-    test_only = tmp_path / "test_only"
-    test_only.mkdir()
-    for path in pathlib.Path(idx_dir).glob("t10k-*"):
-        shutil.copy(path, test_only / path.name)
-    again = train_eval.evaluate_checkpoint(str(tmp_path / "w"), data_dir=str(test_only))
-    assert again["top1"] == result["top1"] and again["loss"] == pytest.approx(result["loss"])
-    # The p of its last step (epoch 0 of 2: p_init), not p_final.
-    meta = checkpointing.read_meta(
-        checkpointing.manager(tmp_path / "w" / "checkpoints", read_only=True), 4
-    )
-    assert meta["steps_per_epoch"] == 4
-    assert train_eval.checkpoint_p(config, 4, meta) == 2.0
-    with pytest.raises(Exception, match="train"):  # the training split would be needed
-        trainer.run(_lenet_config(test_only), tmp_path / "fresh", tasks.classification)
-
-
 def test_outputs_written(idx_dir, tmp_path):
-    config = _lenet_config(idx_dir, num_train_steps=4, plots=True)
+    config = datafiles.lenet_config(idx_dir, num_train_steps=4, plots=True)
     trainer.run(config, tmp_path, tasks.classification)
     for name in ("curves.png", "weights.png", "results.json", "metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -156,7 +107,7 @@ def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
     # The CNN of the same architecture and the run without the adaptive learning rate.
     for name, overrides in (("cnn", {"adder": False}), ("noadaptive", {"adaptive_lr": False})):
         result = trainer.run(
-            _lenet_config(idx_dir, num_train_steps=2, **overrides),
+            datafiles.lenet_config(idx_dir, num_train_steps=2, **overrides),
             tmp_path / name,
             tasks.classification,
         )
@@ -165,7 +116,7 @@ def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
 
 def test_batch_larger_than_the_dataset(idx_dir, tmp_path):
     with pytest.raises(config_checks.ConfigError, match="larger than the 64 training examples"):
-        trainer.run(_lenet_config(idx_dir, batch_size=128), tmp_path, tasks.classification)
+        trainer.run(datafiles.lenet_config(idx_dir, batch_size=128), tmp_path, tasks.classification)
 
 
 def test_fsdp_spec_splits_the_largest_divisible_axis():
