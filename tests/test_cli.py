@@ -3,13 +3,23 @@
 import signal
 
 import pytest
-from absl import app
+from absl import app, logging
 
 from train import checkpointing, cli, config_checks, data_sources, loop
 
 
 class OwnError(Exception):
     pass
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """`program` turns absl's logs down (`cli.quiet_logs`) for the process: undone here, so
+    the tests after these still see INFO lines."""
+    verbosity, filters = logging.get_verbosity(), list(logging.get_absl_logger().filters)
+    yield
+    logging.set_verbosity(verbosity)
+    logging.get_absl_logger().filters[:] = filters
 
 
 def _exit(main, argv, capsys):

@@ -104,7 +104,7 @@ def test_a_workdir_from_before_the_trainer_resumes(tmp_path, monkeypatch, caplog
         worker_count=0,
         implementation="xla",
     )
-    with caplog.at_level(logging.INFO):
+    with caplog.at_level(logging.INFO, logger="absl"):
         result = trainer.run(config, workdir, tasks.classification)
     assert f"resumed from {workdir / 'checkpoints'} at step 1" in caplog.text
     assert result["step"] == 2 and result["count"] == 8
