@@ -65,7 +65,7 @@ RESNET20_ROWS = (
 def write_fashion_cifar(root: pathlib.Path, train_images: int, data_dir: str | None) -> str:
     """Fashion-MNIST as CIFAR-10 pickles: 2 zero pixels of padding a side, gray tiled to RGB."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from train import data_sources
+    from train.data import sources
 
     out = root / "fashion_cifar"
     batches = out / "cifar-10-batches-py"
@@ -74,7 +74,7 @@ def write_fashion_cifar(root: pathlib.Path, train_images: int, data_dir: str | N
     batches.mkdir(parents=True, exist_ok=True)
 
     def rows(split, limit=None):
-        source, _ = data_sources.open_source(
+        source, _ = sources.open_source(
             "fashion_mnist", split, data_format="idx", data_dir=data_dir
         )
         images, labels = source.images[:limit], source.labels[:limit]

@@ -33,19 +33,20 @@ import numpy as np
 
 from adderjax import native, ops, reference, xla
 from kernels import adder_cpu
-from train import data_sources, saved_models
+from train import saved_models
+from train.data import sources
 
 
 def test_images(config, count: int, shape) -> np.ndarray:
     """`count` Fashion-MNIST test images, normalised as the model's dataset, in its shape."""
-    source, _ = data_sources.open_source("fashion_mnist", "test", data_format="idx", data_dir=None)
+    source, _ = sources.open_source("fashion_mnist", "test", data_format="idx", data_dir=None)
     images = np.asarray(source.images[:count], np.float32)  # (N, 28, 28, 1)
     h, w, c = shape
     if (h, w) != images.shape[1:3]:
         ph, pw = (h - images.shape[1]) // 2, (w - images.shape[2]) // 2
         images = np.pad(images, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     images = np.repeat(images, c, axis=-1)
-    info = data_sources.DATASETS[config.dataset]
+    info = sources.DATASETS[config.dataset]
     return (images / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)
 
 
@@ -126,7 +127,7 @@ def main():
     print(f"jax {jax.__version__}, native kernels {adder_cpu.isa()}, {args.images} test images")
     for workdir in args.workdir:
         model, variables, config = saved_models.load_model(workdir)
-        shape = data_sources.DATASETS[config.dataset].image_shape
+        shape = sources.DATASETS[config.dataset].image_shape
         images = test_images(config, args.images, shape)
         print()
         print(f"{config.model} ({workdir}):")

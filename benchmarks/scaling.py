@@ -66,13 +66,14 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from train import classification, data_sources, model_state, schedules, sharding
+    from train import classification, model_state, schedules, sharding
     from train.configs import cifar10
+    from train.data import sources
 
     config = cifar10.get_config()
     config.model = args.model
     config.implementation = args.implementation
-    info = data_sources.DATASETS["cifar10"]
+    info = sources.DATASETS["cifar10"]
     lr_fn = schedules.learning_rate(config, 196)
     devices = jax.devices()
     print(

@@ -31,8 +31,9 @@ import jax
 import numpy as np
 
 import adderjax
-from train import classification, data_sources, model_state, schedules, sharding
+from train import classification, model_state, schedules, sharding
 from train.configs import cifar10, mnist
+from train.data import sources
 
 # model -> (config module, dataset whose shapes and statistics it uses)
 MODELS = {"lenet5_bn": (mnist, "fashion_mnist"), "resnet20": (cifar10, "cifar10")}
@@ -74,7 +75,7 @@ def _step(model: str, adder: bool, implementation: str | None, batch: int, mesh)
     config.adder = adder
     config.implementation = implementation
     config.batch_size = batch
-    info = data_sources.DATASETS[dataset]
+    info = sources.DATASETS[dataset]
     steps_per_epoch = 100
     built = model_state.build(config, info, steps_per_epoch=steps_per_epoch, mesh=mesh)
     state = built.init(jax.random.key(0))

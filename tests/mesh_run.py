@@ -53,13 +53,14 @@ def _train(args):
     import jax
     import numpy as np
 
-    from train import checkpointing, data_sources, model_state, sharding, tasks, trainer
+    from train import checkpointing, model_state, sharding, tasks, trainer
+    from train.data import sources
 
     config = _config(args)
     result = trainer.run(config, args.workdir, tasks.classification)
     mngr = checkpointing.manager(checkpointing.checkpoint_dir(args.workdir), read_only=True)
     mesh = sharding.make_mesh(config.fsdp_size)
-    built = model_state.build(config, data_sources.DATASETS[config.dataset], mesh=mesh)
+    built = model_state.build(config, sources.DATASETS[config.dataset], mesh=mesh)
     state, _ = checkpointing.restore(mngr, mngr.latest_step(), built.abstract)
     if jax.process_index() == 0:
         leaves = jax.tree_util.tree_flatten_with_path(
@@ -82,7 +83,8 @@ def _lower(args):
     import numpy as np
 
     from adderjax import ops
-    from train import classification, data_sources, model_state, schedules, sharding
+    from train import classification, model_state, schedules, sharding
+    from train.data import sources
 
     config = _config(args)
     out = {}
@@ -91,7 +93,7 @@ def _lower(args):
         config.interpret = False
         # The op refuses "pallas" without a GPU before anything could be lowered for one.
         with mock.patch.object(ops, "available_implementations", lambda: ("pallas", "xla")):
-            info = data_sources.DATASETS[config.dataset]
+            info = sources.DATASETS[config.dataset]
             mesh = sharding.make_mesh(config.fsdp_size)
             built = model_state.build(config, info, mesh=mesh)
             train_step = classification.jit_train_step(
@@ -126,11 +128,12 @@ def _distill(args):
     import jax
     import numpy as np
 
-    from train import data_sources, distillation, input_pipeline, schedules, sharding
+    from train import distillation, schedules, sharding
+    from train.data import pipeline, sources
 
     config = _config(args)
     config.distill = "pkkd"
-    source, info = data_sources.open_source(
+    source, info = sources.open_source(
         config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
     )
     out = {}
@@ -139,7 +142,7 @@ def _distill(args):
         built = distillation.build(config, info, steps_per_epoch=4, mesh=mesh)
         lr_fn = schedules.learning_rate(config, 4)
         step = distillation.jit_train_step(config, info, built.shardings, mesh, lr_fn=lr_fn)
-        batches = iter(input_pipeline.config_train_loader(config, source))
+        batches = iter(pipeline.config_train_loader(config, source))
         rows = sharding.batch_sharding(mesh)
         losses = []
         with jax.set_mesh(mesh):

@@ -1,5 +1,5 @@
 """Pieces of real photographs (scikit-image's) in folders, and a small SR config on them,
-for the tests of `train.sr`, `train.sr_data` and `train.upscale`."""
+for the tests of `train.sr`, `train.data.sr_images` and `train.upscale`."""
 
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from adderjax import models
-from train import analyze, config_checks, data_sources, model_state, saved_models, tasks, trainer
+from train import analyze, config_checks, model_state, saved_models, tasks, trainer
 from train.configs import mnist
+from train.data import sources
 
 
 def _config(data_dir, **overrides):
@@ -52,7 +53,7 @@ def _check_gradient_norms_are_the_first_step_of_training(root, data):
     config = _config(data, adder=False)
     config.worker_count = 0
     norms = analyze.first_iteration_gradient_norms(config)
-    built = model_state.build(config, data_sources.DATASETS[config.dataset])
+    built = model_state.build(config, sources.DATASETS[config.dataset])
     w0 = analyze.layer_weights(jax.device_get(built.init(jax.random.key(0)).params))
     _, variables, _ = saved_models.load_model(str(root / "cnn"))
     w1 = analyze.layer_weights(jax.device_get(variables["params"]))

@@ -4,12 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from train import classification, data_sources, model_state
+from train import classification, model_state
 from train.configs import mnist
+from train.data import sources
 
 
 def test_normalize_is_x_over_255_minus_mean_over_std():
-    info = data_sources.DATASETS["cifar10"]
+    info = sources.DATASETS["cifar10"]
     images = np.full((1, 2, 2, 3), 255, np.uint8)
     got = np.asarray(classification.normalize(images, info))
     want = (1.0 - np.asarray(info.mean)) / np.asarray(info.std)
@@ -26,7 +27,7 @@ def test_topk_correct():
 
 def test_eval_step_sums_only_the_valid_rows():
     config = mnist.get_config()
-    info = data_sources.DATASETS[config.dataset]
+    info = sources.DATASETS[config.dataset]
     built = model_state.build(config, info)
     state = built.init(jax.random.key(0))
     rng = np.random.default_rng(0)

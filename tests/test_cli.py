@@ -5,7 +5,8 @@ import signal
 import pytest
 from absl import app, logging
 
-from train import checkpointing, cli, config_checks, data_sources, loop
+from train import checkpointing, cli, config_checks, loop
+from train.data import sources
 
 
 class OwnError(Exception):
@@ -46,7 +47,7 @@ def test_other_argument_counts_are_usage_errors():
     "error",
     [
         config_checks.ConfigError("config.x=1 is invalid"),
-        data_sources.DataError("no data in /d"),
+        sources.DataError("no data in /d"),
         checkpointing.CheckpointError("damaged"),
         OwnError("bad file"),
     ],

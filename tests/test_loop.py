@@ -12,8 +12,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from train import checkpointing, data_sources, input_pipeline, loop, reporting
+from train import checkpointing, loop, reporting
 from train.configs import default
+from train.data import pipeline, sources
 
 STEPS_PER_EPOCH = 4
 
@@ -28,8 +29,8 @@ def _config(**overrides):
 
 def _data():
     images = np.zeros((2 * STEPS_PER_EPOCH, 2, 2, 1), np.uint8)
-    source = data_sources.ArraySource(images, np.arange(2 * STEPS_PER_EPOCH) % 2)
-    return iter(input_pipeline.train_loader(source, batch_size=2, seed=0, augment="none"))
+    source = sources.ArraySource(images, np.arange(2 * STEPS_PER_EPOCH) % 2)
+    return iter(pipeline.train_loader(source, batch_size=2, seed=0, augment="none"))
 
 
 class CountingTask:

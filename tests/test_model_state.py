@@ -3,13 +3,14 @@
 import jax
 import numpy as np
 
-from train import data_sources, model_state, sharding
+from train import model_state, sharding
 from train.configs import mnist
+from train.data import sources
 
 
 def test_build_without_and_with_a_mesh():
     config = mnist.get_config()
-    info = data_sources.DATASETS[config.dataset]
+    info = sources.DATASETS[config.dataset]
     plain = model_state.build(config, info)
     assert plain.shape == (28, 28, 1) and plain.shardings is None
     state = plain.init(jax.random.key(0))
@@ -32,5 +33,5 @@ def test_build_without_and_with_a_mesh():
 def test_image_shape_of_a_variable_size_dataset():
     config = mnist.get_config()
     config.image_size = 64
-    imagenet = data_sources.DATASETS["imagenet2012"]
+    imagenet = sources.DATASETS["imagenet2012"]
     assert model_state.image_shape(config, imagenet) == (64, 64, 3)

@@ -1,6 +1,6 @@
 """train.sr and the super-resolution task (`train.tasks.super_resolution`,
 `train.super_resolution`): training on real photographs (cut small), exact resume,
-evaluation, bad configs in one line, the programs end to end. `tests/test_sr_data.py` and
+evaluation, bad configs in one line, the programs end to end. `tests/test_sr_images.py` and
 `tests/test_upscale.py` test the data and the tiling."""
 
 import json

@@ -12,8 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import config_checks, data_sources, input_pipeline, loop, tasks, trainer
+from train import config_checks, loop, tasks, trainer
 from train.configs import default, mnist
+from train.data import pipeline, sources
 
 
 class CountingTask:
@@ -26,7 +27,7 @@ class CountingTask:
 
     def setup(self, config, mesh):
         images = np.zeros((8, 2, 2, 1), np.uint8)
-        source = data_sources.ArraySource(images, np.arange(8) % 3)
+        source = sources.ArraySource(images, np.arange(8) % 3)
         steps_per_epoch, total_steps = loop.step_counts(config, len(source))
         abstract = {"w": jax.ShapeDtypeStruct((), jnp.float32)}
         task = loop.Task(
@@ -43,7 +44,7 @@ class CountingTask:
             init=lambda: {"w": jnp.zeros((), jnp.float32)},
             loop_task=task,
             train_batches=lambda: iter(
-                input_pipeline.train_loader(source, batch_size=2, seed=config.seed, augment="none")
+                pipeline.train_loader(source, batch_size=2, seed=config.seed, augment="none")
             ),
             steps_per_epoch=steps_per_epoch,
             total_steps=total_steps,

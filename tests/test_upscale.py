@@ -6,8 +6,9 @@ import numpy as np
 import photos
 import pytest
 
-from train import sr_data, super_resolution
+from train import super_resolution
 from train import upscale as upscale_program
+from train.data import sr_images
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -31,7 +32,7 @@ def test_tiled_upscaling_equals_the_whole_image(folders):
     state = built.init(jax.random.key(0))
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     predict = super_resolution.jit_predict(built.model)
-    image = sr_data.read_image(folders / "test" / "chelsea.png")
+    image = sr_images.read_image(folders / "test" / "chelsea.png")
     whole = super_resolution.super_resolve(predict, variables, image)
     # EDSR with 1 block: 5 3x3 layers before the upsampler, receptive radius 5 LR pixels.
     tiled = upscale_program.upscale(predict, variables, image, 2, tile=16, margin=6)

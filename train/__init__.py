@@ -10,5 +10,5 @@ are in `train.tasks` (classification, distillation, super-resolution). The parts
 composed of: `sharding` (the mesh), `model_state` (config -> model -> train state), `loop`
 (the training loop), `checkpointing` (orbax, the resume policy), `reporting` (metrics,
 progress), each task's steps (`classification`, `distillation`, `super_resolution`), the
-data (`data_sources`, `input_pipeline`, `sr_data`) and the configs (`train/configs/`).
+data (`sources`, `pipeline`, `sr_images`) and the configs (`train/configs/`).
 """

@@ -38,14 +38,13 @@ from train import (
     classification,
     cli,
     config_checks,
-    data_sources,
-    input_pipeline,
     model_state,
     plots,
     saved_models,
     schedules,
     sharding,
 )
+from train.data import pipeline, sources
 
 __all__ = [
     "feature_separation",
@@ -88,12 +87,12 @@ def first_iteration_gradient_norms(config: ml_collections.ConfigDict) -> dict[st
     rescales it.
     """
     config_checks.validate(config, device_count=jax.device_count())
-    source, info = data_sources.open_source(
+    source, info = sources.open_source(
         config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
     )
     mesh = sharding.make_mesh(config.fsdp_size)
     built = model_state.build(config, info, mesh=mesh)
-    first = next(iter(input_pipeline.config_train_loader(config, source)))
+    first = next(iter(pipeline.config_train_loader(config, source)))
     p = np.float32(schedules.p_at_step(config, 0, 1))
     with jax.set_mesh(mesh):
         state = built.init(jax.random.key(config.seed))
@@ -190,11 +189,11 @@ def plot_features(panels: dict[str, tuple[np.ndarray, np.ndarray]], path) -> Non
 
 def _test_images(config, limit: int):
     """Up to `limit` normalised test images and their labels."""
-    source, info = data_sources.open_source(
+    source, info = sources.open_source(
         config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
     )
     images, labels = [], []
-    for batch in input_pipeline.config_eval_batches(config, source):
+    for batch in pipeline.config_eval_batches(config, source):
         keep = batch["mask"] > 0
         images.append(np.asarray(classification.normalize(batch["image"][keep], info)))
         labels.append(batch["label"][keep])

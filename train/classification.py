@@ -17,7 +17,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from train import data_sources, model_state, sharding
+from train import model_state, sharding
+from train.data import sources
 from train.model_state import TrainState
 
 __all__ = [
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 
-def normalize(images, info: data_sources.DatasetInfo) -> jax.Array:
+def normalize(images, info: sources.DatasetInfo) -> jax.Array:
     """uint8 (N, H, W, C) images as the model sees them: ``(x / 255 - mean) / std``."""
     # Per-channel statistics broadcast over (N, H, W, C) explicitly (rank promotion is an
     # error in the tests).

@@ -16,12 +16,13 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from train import checkpointing, config_checks, data_sources
+from train import checkpointing, config_checks
+from train.data import sources
 
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 # Errors a user can fix from the command line: printed as one line, never a traceback.
-USER_ERRORS = (config_checks.ConfigError, data_sources.DataError, checkpointing.CheckpointError)
+USER_ERRORS = (config_checks.ConfigError, sources.DataError, checkpointing.CheckpointError)
 
 
 def quiet_logs() -> None:

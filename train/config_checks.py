@@ -9,9 +9,9 @@ import pathlib
 import ml_collections
 
 from adderjax import distill, geometry, models, optim, sr_models
-from train import data_sources, input_pipeline
 from train.configs import default
 from train.configs import sr as sr_config
+from train.data import pipeline, sources
 
 __all__ = ["DISTILL_MODES", "ConfigError", "validate", "validate_sr"]
 
@@ -64,13 +64,13 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
             f"train/configs/default.py"
         )
     _one_of(config, "model", sorted(models.MODELS))
-    _one_of(config, "dataset", sorted(data_sources.DATASETS))
-    _one_of(config, "data_format", data_sources.DATA_FORMATS)
-    readable = data_sources.formats_for(config.dataset)
+    _one_of(config, "dataset", sorted(sources.DATASETS))
+    _one_of(config, "data_format", sources.DATA_FORMATS)
+    readable = sources.formats_for(config.dataset)
     if config.data_format not in readable:
         expected = " or ".join(map(repr, readable))
         raise _bad("data_format", config.data_format, f"{expected} for {config.dataset!r}")
-    _one_of(config, "augment", input_pipeline.AUGMENTATIONS)
+    _one_of(config, "augment", pipeline.AUGMENTATIONS)
     _check_layers(config)
     _check_run(config, device_count, batch_keys=("batch_size", "eval_batch_size"))
     _at_least(config, "warmup_epochs", 0, integer=True)

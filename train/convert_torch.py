@@ -42,7 +42,8 @@ import numpy as np
 from absl import app, flags
 
 from adderjax import models
-from train import checkpointing, cli, data_sources, model_state
+from train import checkpointing, cli, model_state
+from train.data import sources
 
 __all__ = [
     "ConversionError",
@@ -197,7 +198,7 @@ def _dataset_for(arch: str, num_classes: int | None, dataset: str | None) -> str
         return choices[num_classes]
     if dataset not in _CONFIG_FILE:
         raise ConversionError(f"--dataset={dataset}: expected one of {', '.join(_CONFIG_FILE)}")
-    want = data_sources.DATASETS[dataset].num_classes
+    want = sources.DATASETS[dataset].num_classes
     if num_classes is not None and num_classes != want:
         raise ConversionError(
             f"the checkpoint's classifier has {num_classes} classes but {dataset} has {want}"
@@ -241,7 +242,7 @@ def _convert(state_dict, arch: str, dataset: str | None):
     num_classes = _num_classes(arch, state_dict)
     dataset = _dataset_for(arch, num_classes, dataset)
     config = _config(arch, dataset, adder)
-    built = model_state.build(config, data_sources.DATASETS[dataset])
+    built = model_state.build(config, sources.DATASETS[dataset])
     abstract = {"params": built.abstract.params, "batch_stats": built.abstract.batch_stats}
     flat = _flat(abstract)
     want = {torch_key(p): _to_torch_layout(a.shape) for p, a in flat.items()}

@@ -28,7 +28,8 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from adderjax import distill, models
-from train import classification, config_checks, data_sources, model_state, schedules
+from train import classification, config_checks, model_state, schedules
+from train.data import sources
 from train.model_state import TrainState
 
 __all__ = [
@@ -140,7 +141,7 @@ def _align_state(channels: dict[str, int], tx) -> train_state.TrainState:
 
 def build(
     config: ml_collections.ConfigDict,
-    info: data_sources.DatasetInfo,
+    info: sources.DatasetInfo,
     *,
     steps_per_epoch: int = 1,
     mesh: Mesh | None = None,

@@ -24,12 +24,11 @@ from train import (
     classification,
     cli,
     config_checks,
-    data_sources,
-    input_pipeline,
     saved_models,
     schedules,
     sharding,
 )
+from train.data import pipeline, sources
 
 
 def evaluate_checkpoint(
@@ -57,7 +56,7 @@ def evaluate_checkpoint(
             config.steps_per_eval = -1
             config.worker_count = min(config.worker_count, 2)
         config_checks.validate(config, device_count=jax.device_count())
-        source, info = data_sources.open_source(
+        source, info = sources.open_source(
             config.dataset, "test", data_format=config.data_format, data_dir=config.data_dir
         )
         mesh = sharding.make_mesh(config.fsdp_size)
@@ -68,7 +67,7 @@ def evaluate_checkpoint(
     eval_step = classification.jit_eval_step(info, shardings, mesh)
     with jax.set_mesh(mesh):
         result = classification.evaluate(
-            eval_step, state, input_pipeline.config_eval_batches(config, source), p, mesh
+            eval_step, state, pipeline.config_eval_batches(config, source), p, mesh
         )
     return {
         **result,
@@ -91,7 +90,7 @@ def checkpoint_p(config: ml_collections.ConfigDict, step: int, meta: dict) -> fl
         return float(config.p_final)
     steps_per_epoch = meta.get("steps_per_epoch")
     if steps_per_epoch is None:
-        source, _ = data_sources.open_source(
+        source, _ = sources.open_source(
             config.dataset, "train", data_format=config.data_format, data_dir=config.data_dir
         )
         steps_per_epoch = max(len(source) // config.batch_size, 1)

@@ -21,7 +21,8 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from adderjax import models, optim
-from train import data_sources, schedules, sharding
+from train import schedules, sharding
+from train.data import sources
 
 __all__ = [
     "AdderOptions",
@@ -110,7 +111,7 @@ def make_optimizer(
     )
 
 
-def image_shape(config: ml_collections.ConfigDict, info: data_sources.DatasetInfo):
+def image_shape(config: ml_collections.ConfigDict, info: sources.DatasetInfo):
     """(H, W, C) of the model's input: the dataset's, or image_size for ImageNet."""
     return info.image_shape or (config.image_size, config.image_size, 3)
 
@@ -152,7 +153,7 @@ class ModelState(NamedTuple):
 
 def build(
     config: ml_collections.ConfigDict,
-    info: data_sources.DatasetInfo,
+    info: sources.DatasetInfo,
     *,
     steps_per_epoch: int = 1,
     mesh: Mesh | None = None,

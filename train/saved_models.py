@@ -17,7 +17,8 @@ import pathlib
 from collections.abc import Iterator
 from typing import Any
 
-from train import checkpointing, config_checks, data_sources, distillation, model_state
+from train import checkpointing, config_checks, distillation, model_state
+from train.data import sources
 
 __all__ = ["load_model", "open_checkpoint", "restore_network", "saved_config"]
 
@@ -46,7 +47,7 @@ def load_model(
     """(model, variables, config) of a saved checkpoint, to call as the model zoo's models are.
 
     ``model.apply(variables, images, train=False)`` gives logits for images normalised as the
-    config's dataset is: ``(x / 255 - mean) / std`` with `train.data_sources.DATASETS`' mean
+    config's dataset is: ``(x / 255 - mean) / std`` with `train.data.sources.DATASETS`' mean
     and std. No data is read. Of a distillation run, ``network`` picks the "student" (the
     AdderNet) or the "teacher" (the CNN); the config returned is that network's.
 
@@ -58,7 +59,7 @@ def load_model(
     with open_checkpoint(workdir, checkpoint, best=best) as (mngr, step):
         config = _stored_config(mngr, step)
         model, state, _, config = restore_network(
-            mngr, step, config, data_sources.DATASETS[config.dataset], network=network
+            mngr, step, config, sources.DATASETS[config.dataset], network=network
         )
     return model, {"params": state.params, "batch_stats": state.batch_stats}, config
 

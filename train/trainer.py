@@ -74,7 +74,7 @@ def run(config: ml_collections.ConfigDict, workdir, task: TaskModule) -> dict[st
     Returns the final evaluation (with its "step"), as `task`'s `Setup.result` gives it.
 
     Raises:
-      config_checks.ConfigError, data_sources.DataError, checkpointing.CheckpointError: bad
+      config_checks.ConfigError, sources.DataError, checkpointing.CheckpointError: bad
         config, data or workdir (checked before anything is compiled where they can be).
       loop.Interrupted: SIGTERM or SIGINT stopped the run after a checkpoint.
       loop.NonFiniteError: a non-finite loss or gradient stopped it.

@@ -17,7 +17,8 @@ from collections.abc import Callable
 import numpy as np
 from absl import app, flags
 
-from train import cli, data_sources, sr_data, sr_metrics, super_resolution
+from train import cli, sr_metrics, super_resolution
+from train.data import sources, sr_images
 
 __all__ = ["tile_plan", "upscale"]
 
@@ -60,13 +61,13 @@ def run_from_flags(args: list[str]) -> str:
     source, target = args
     f = flags.FLAGS
     model, variables, config, step = super_resolution.load(f.workdir, step=f.step)
-    image = sr_data.read_image(source)
+    image = sr_images.read_image(source)
     predict = super_resolution.jit_predict(model)
     result = upscale(predict, variables, image, config.scale, tile=f.tile, margin=f.margin)
     try:
-        sr_data.save_image(result, target)
+        sr_images.save_image(result, target)
     except OSError as e:
-        raise data_sources.DataError(f"cannot write {target}: {e}") from None
+        raise sources.DataError(f"cannot write {target}: {e}") from None
     (h0, w0), (h1, w1) = image.shape[:2], result.shape[:2]
     return (
         f"{source} ({w0}x{h0}) -> {target} ({w1}x{h1}): "

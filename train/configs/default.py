@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.p_final = 1.0
     config.p_decay_epochs = 0
 
-    # Data: a name of `train.data_sources.DATASETS`, read as "tfds" (by name, from
+    # Data: a name of `train.data.sources.DATASETS`, read as "tfds" (by name, from
     # data_dir or ~/tensorflow_datasets), "idx" (MNIST-family files) or "cifar_pickle".
     config.dataset = "cifar10"
     config.data_format = "tfds"

@@ -2,7 +2,7 @@
 image dataset (`train/configs/{mnist,cifar10,cifar100,imagenet}.py`).
 
 Its parts: `model_state` (config -> model -> train state), `train.classification` (the loss
-and the jitted steps), `data_sources` and `input_pipeline` (the data). The l_p exponent and
+and the jitted steps), `sources` and `pipeline` (the data). The l_p exponent and
 the learning rate are functions of the step; each evaluation gives top-1 and top-5, and
 checkpoints are ranked by top-1. `setup_with` is the same set-up for another state and step
 (distillation's).
@@ -23,8 +23,6 @@ from jax.sharding import Mesh
 from train import (
     classification,
     config_checks,
-    data_sources,
-    input_pipeline,
     loop,
     model_state,
     plots,
@@ -33,6 +31,7 @@ from train import (
     sharding,
     trainer,
 )
+from train.data import pipeline, sources
 
 __all__ = ["final_line", "setup", "setup_with", "validate"]
 
@@ -77,10 +76,10 @@ def setup_with(
     the final evaluation, and `network(state)` is the classifier whose weights are plotted.
     """
     opened = {
-        split: data_sources.open_source(
+        split: sources.open_source(
             config.dataset, split, data_format=config.data_format, data_dir=config.data_dir
         )
-        for split in data_sources.SPLITS
+        for split in sources.SPLITS
     }
     (train_source, info), (eval_source, _) = opened["train"], opened["test"]
     steps_per_epoch, total_steps = loop.step_counts(config, len(train_source))
@@ -88,7 +87,7 @@ def setup_with(
     lr_fn = schedules.learning_rate(config, steps_per_epoch)
     train_step = steps.jit_train_step(config, info, built.shardings, mesh, lr_fn=lr_fn)
     eval_step = steps.jit_eval_step(info, built.shardings, mesh)
-    eval_batches = input_pipeline.config_eval_batches(config, eval_source)
+    eval_batches = pipeline.config_eval_batches(config, eval_source)
     batch_sharding = sharding.batch_sharding(mesh)
 
     def p(step: int) -> np.float32:
@@ -119,7 +118,7 @@ def setup_with(
         abstract=built.abstract,
         init=lambda: after_init(built.init(jax.random.key(config.seed)), built),
         loop_task=loop_task,
-        train_batches=lambda: iter(input_pipeline.config_train_loader(config, train_source)),
+        train_batches=lambda: iter(pipeline.config_train_loader(config, train_source)),
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         result=result,

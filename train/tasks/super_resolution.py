@@ -2,7 +2,7 @@
 (`train/configs/sr.py`, docs/super_resolution.md).
 
 Its parts: `train.super_resolution` (model, optimizer, step, PSNR/SSIM evaluation),
-`sr_data` (HR folders or tfds, random LR/HR patch pairs, evaluation sets) and `sr_metrics`.
+`sr_images` (HR folders or tfds, random LR/HR patch pairs, evaluation sets) and `sr_metrics`.
 Each evaluation gives PSNR and SSIM per test set with bicubic's beside them; checkpoints are
 ranked by the mean PSNR.
 """
@@ -14,7 +14,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh
 
-from train import config_checks, loop, model_state, sharding, sr_data, super_resolution, trainer
+from train import config_checks, loop, model_state, sharding, super_resolution, trainer
+from train.data import sr_images
 
 __all__ = ["final_line", "setup", "validate"]
 
@@ -36,9 +37,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
 
 
 def setup(config: ml_collections.ConfigDict, mesh: Mesh) -> trainer.Setup:
-    train_source = sr_data.open_hr(_specs(config.train_data)[0], "train", data_dir=config.data_dir)
-    pairs = sr_data.SRPairs(train_source, config.scale)
-    sets = sr_data.eval_sets(_specs(config.eval_data), config.scale, data_dir=config.data_dir)
+    train_source = sr_images.open_hr(
+        _specs(config.train_data)[0], "train", data_dir=config.data_dir
+    )
+    pairs = sr_images.SRPairs(train_source, config.scale)
+    sets = sr_images.eval_sets(_specs(config.eval_data), config.scale, data_dir=config.data_dir)
     steps_per_epoch, total_steps = loop.step_counts(config, len(pairs) * config.repeat)
     built = super_resolution.build(config, steps_per_epoch=steps_per_epoch, mesh=mesh)
     lr_fn = super_resolution.learning_rate(config, steps_per_epoch)
@@ -62,7 +65,7 @@ def setup(config: ml_collections.ConfigDict, mesh: Mesh) -> trainer.Setup:
 
     def train_batches():
         return iter(
-            sr_data.train_loader(
+            sr_images.train_loader(
                 pairs,
                 batch_size=config.batch_size // jax.process_count(),
                 patch_size=config.patch_size,

@@ -1,4 +1,4 @@
-"""`train.sr_data`: super-resolution's images from folders or tfds; missing, corrupt and
+"""`train.data.sr_images`: super-resolution's images from folders or tfds; missing, corrupt and
 too-small images named in one line."""
 
 import numpy as np
@@ -6,7 +6,8 @@ import photos
 import pytest
 from PIL import Image
 
-from train import data_sources, sr_data, tasks, trainer
+from train import tasks, trainer
+from train.data import sources, sr_images
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -17,14 +18,14 @@ def folders(tmp_path_factory):
 
 
 def test_missing_and_corrupt_images_are_named(folders, tmp_path):
-    with pytest.raises(data_sources.DataError, match="image folder /nonexistent does not exist"):
+    with pytest.raises(sources.DataError, match="image folder /nonexistent does not exist"):
         trainer.run(
             photos.sr_config_on(folders, train_data="/nonexistent"),
             str(tmp_path / "a"),
             tasks.super_resolution,
         )
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data_sources.DataError, match="has no .png/.jpg/.jpeg images"):
+    with pytest.raises(sources.DataError, match="has no .png/.jpg/.jpeg images"):
         trainer.run(
             photos.sr_config_on(folders, eval_data=str(tmp_path / "empty")),
             str(tmp_path),
@@ -34,22 +35,20 @@ def test_missing_and_corrupt_images_are_named(folders, tmp_path):
     broken.mkdir()
     good = (folders / "train" / "rocket.png").read_bytes()
     (broken / "rocket.png").write_bytes(good[: len(good) // 2])  # truncated
-    with pytest.raises(data_sources.DataError, match=r"cannot read image .*broken/rocket.png"):
+    with pytest.raises(sources.DataError, match=r"cannot read image .*broken/rocket.png"):
         trainer.run(
             photos.sr_config_on(folders, train_data=str(broken)),
             str(tmp_path / "b"),
             tasks.super_resolution,
         )
-    with pytest.raises(data_sources.DataError, match="smaller than patch_size=30"):
+    with pytest.raises(sources.DataError, match="smaller than patch_size=30"):
         trainer.run(
             photos.sr_config_on(folders, patch_size=30), str(tmp_path / "c"), tasks.super_resolution
         )
     tiny = tmp_path / "tiny"
     tiny.mkdir()
     Image.fromarray(np.zeros((40, 14, 3), np.uint8)).save(tiny / "thin.png")
-    with pytest.raises(
-        data_sources.DataError, match=r"image thin \(40x14\) of .*tiny is too small to"
-    ):
+    with pytest.raises(sources.DataError, match=r"image thin \(40x14\) of .*tiny is too small to"):
         trainer.run(
             photos.sr_config_on(folders, eval_data=str(tiny)),
             str(tmp_path / "d"),
@@ -66,5 +65,5 @@ def test_tfds_div2k_by_name(folders, tmp_path):
     with tfds.testing.mock_data(num_examples=2):  # 43x33 and 26x28: big enough
         result = trainer.run(config, str(tmp_path / "w"), tasks.super_resolution)
     assert result["step"] == 2 and np.isfinite(result["div2k_psnr"])
-    with pytest.raises(data_sources.DataError, match="tfds dataset 'div2k' split 'train' is not"):
-        sr_data.open_hr("tfds:div2k", "train", data_dir=str(tmp_path / "none"))
+    with pytest.raises(sources.DataError, match="tfds dataset 'div2k' split 'train' is not"):
+        sr_images.open_hr("tfds:div2k", "train", data_dir=str(tmp_path / "none"))

@@ -9,7 +9,7 @@ flips and rotations, and the evaluation sets.
   kept in memory (DIV2K at x2 is about 6 GB: read it with ``worker_count=0`` so only one
   process holds it).
 * `train_loader`: an endless grain loader of random aligned patches, ``repeat`` per image
-  per epoch, in the global order of `train.input_pipeline.GlobalOrderSampler`, so it
+  per epoch, in the global order of `train.data.pipeline.GlobalOrderSampler`, so it
   resumes exactly from a checkpoint on any number of hosts.
 """
 
@@ -25,8 +25,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from PIL import Image, UnidentifiedImageError
 
-from train import input_pipeline, sr_metrics
-from train.data_sources import DataError
+from train import sr_metrics
+from train.data import pipeline
+from train.data.sources import DataError
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -226,7 +227,7 @@ def train_loader(
 ) -> grain.DataLoader:
     """An endless loader of this host's {"lr": (b, p, p, 3), "hr": (b, s p, s p, 3)} uint8
     batches (b = `batch_size`, this host's share); `get_state()` / `set_state()` resume it."""
-    return input_pipeline.global_order_loader(
+    return pipeline.global_order_loader(
         _Repeated(pairs, repeat),
         [RandomPatch(patch_size, pairs.scale, augment)],
         batch_size=batch_size,

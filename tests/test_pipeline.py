@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from absl import flags
 
-from train import data_sources, input_pipeline
+from train.data import pipeline, sources
 
 
 def _source(n=40, shape=(8, 8, 1)):
     images = np.arange(n, dtype=np.uint8)[:, None, None, None] * np.ones(shape, np.uint8)
-    return data_sources.ArraySource(images, np.arange(n) % 10)
+    return sources.ArraySource(images, np.arange(n) % 10)
 
 
 def _take(loader, k):
@@ -24,9 +24,9 @@ def _ids(batch):
 
 def test_same_seed_same_batches_other_seed_others():
     kw = dict(batch_size=8, augment="none")
-    a = _take(input_pipeline.train_loader(_source(), seed=1, **kw), 6)
-    b = _take(input_pipeline.train_loader(_source(), seed=1, **kw), 6)
-    c = _take(input_pipeline.train_loader(_source(), seed=2, **kw), 6)
+    a = _take(pipeline.train_loader(_source(), seed=1, **kw), 6)
+    b = _take(pipeline.train_loader(_source(), seed=1, **kw), 6)
+    c = _take(pipeline.train_loader(_source(), seed=2, **kw), 6)
     assert [_ids(x) for x in a] == [_ids(x) for x in b]
     assert [_ids(x) for x in a] != [_ids(x) for x in c]
     assert a[0]["image"].dtype == np.uint8 and a[0]["label"].dtype == np.int32
@@ -36,8 +36,8 @@ def test_same_seed_same_batches_other_seed_others():
 
 def test_hosts_read_disjoint_shares():
     kw = dict(batch_size=4, seed=0, augment="none", process_count=2)
-    host0 = _take(input_pipeline.train_loader(_source(), process_index=0, **kw), 5)
-    host1 = _take(input_pipeline.train_loader(_source(), process_index=1, **kw), 5)
+    host0 = _take(pipeline.train_loader(_source(), process_index=0, **kw), 5)
+    host1 = _take(pipeline.train_loader(_source(), process_index=1, **kw), 5)
     seen0 = set(sum(map(_ids, host0), []))
     seen1 = set(sum(map(_ids, host1), []))
     assert not seen0 & seen1
@@ -45,13 +45,13 @@ def test_hosts_read_disjoint_shares():
 
 
 def test_iterator_state_resumes_exactly():
-    loader = input_pipeline.train_loader(_source(), batch_size=8, seed=3, augment="cifar")
+    loader = pipeline.train_loader(_source(), batch_size=8, seed=3, augment="cifar")
     it = iter(loader)
     for _ in range(7):  # past the first epoch boundary
         next(it)
     state = it.get_state()
     expected = [next(it) for _ in range(4)]
-    fresh = iter(input_pipeline.train_loader(_source(), batch_size=8, seed=3, augment="cifar"))
+    fresh = iter(pipeline.train_loader(_source(), batch_size=8, seed=3, augment="cifar"))
     fresh.set_state(state)
     for want in expected:
         got = next(fresh)
@@ -62,8 +62,8 @@ def test_iterator_state_resumes_exactly():
 def test_cifar_augmentation_is_a_shifted_padded_crop_or_its_flip():
     rng = np.random.default_rng(0)
     image = rng.integers(1, 256, (32, 32, 3), dtype=np.uint8)  # no zeros: padding is visible
-    source = data_sources.ArraySource(image[None].repeat(16, 0), np.zeros(16, np.int64))
-    batch = _take(input_pipeline.train_loader(source, batch_size=16, seed=0, augment="cifar"), 1)
+    source = sources.ArraySource(image[None].repeat(16, 0), np.zeros(16, np.int64))
+    batch = _take(pipeline.train_loader(source, batch_size=16, seed=0, augment="cifar"), 1)
     padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
     candidates = [padded[t : t + 32, s : s + 32] for t in range(9) for s in range(9)]
     candidates += [c[:, ::-1] for c in candidates]
@@ -87,15 +87,11 @@ def test_imagenet_augmentations_give_the_crop_size():
             return {"image": records[i % 2], "label": i}
 
     train = _take(
-        input_pipeline.train_loader(
-            Ragged(), batch_size=4, seed=0, augment="imagenet", image_size=16
-        ),
+        pipeline.train_loader(Ragged(), batch_size=4, seed=0, augment="imagenet", image_size=16),
         2,
     )
     assert train[0]["image"].shape == (4, 16, 16, 3)
-    evals = list(
-        input_pipeline.eval_batches(Ragged(), batch_size=4, augment="imagenet", image_size=16)
-    )
+    evals = list(pipeline.eval_batches(Ragged(), batch_size=4, augment="imagenet", image_size=16))
     assert [b["image"].shape for b in evals] == [(4, 16, 16, 3)] * 2
 
 
@@ -119,12 +115,12 @@ TORCHVISION_EVAL_CROPS = {
 
 def test_imagenet_eval_crop_is_torchvisions():
     for (h, w), want in TORCHVISION_EVAL_CROPS.items():
-        assert input_pipeline.resize_crop_geometry(h, w, 224) == want, (h, w)
+        assert pipeline.resize_crop_geometry(h, w, 224) == want, (h, w)
     # The transform crops the resized image there: a 353x500 image whose columns count up.
     image = np.broadcast_to(np.arange(500, dtype=np.float64) / 2, (353, 500))
     image = np.repeat(image[:, :, None], 3, axis=2).astype(np.uint8)
     source = [{"image": image, "label": 0}]
-    (batch,) = input_pipeline.eval_batches(source, batch_size=1, augment="imagenet")
+    (batch,) = pipeline.eval_batches(source, batch_size=1, augment="imagenet")
     assert batch["image"].shape == (1, 224, 224, 3)
     # Column c of the crop is column (c + 69) of the 362-wide resize: source column
     # (c + 69 + 0.5) * 500 / 362 - 0.5, value half of it.
@@ -138,7 +134,7 @@ def test_eval_batches_cover_every_record_once(process_count):
     n, batch = 23, 4
     seen, counts = [], []
     for host in range(process_count):
-        batches = input_pipeline.eval_batches(
+        batches = pipeline.eval_batches(
             _source(n),
             batch_size=batch,
             augment="none",
@@ -160,7 +156,7 @@ def test_eval_batches_with_worker_processes_cover_every_record_once():
     own, and records were lost past num_batches (36 of 40 with 2 workers and batch 8)."""
     if not flags.FLAGS.is_parsed():
         flags.FLAGS.mark_as_parsed()  # grain's workers read absl flags, as in the programs
-    batches = input_pipeline.eval_batches(_source(40), batch_size=8, augment="none", worker_count=2)
+    batches = pipeline.eval_batches(_source(40), batch_size=8, augment="none", worker_count=2)
     out = list(batches)
     assert len(out) == batches.num_batches == 5
     ids = [i for b in out for i, m in zip(_ids(b), b["mask"], strict=True) if m]
@@ -168,15 +164,15 @@ def test_eval_batches_with_worker_processes_cover_every_record_once():
 
 
 def test_eval_max_batches():
-    batches = input_pipeline.eval_batches(_source(), batch_size=8, augment="none", max_batches=2)
+    batches = pipeline.eval_batches(_source(), batch_size=8, augment="none", max_batches=2)
     assert len(list(batches)) == batches.num_batches == 2
 
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="augment must be one of"):
-        input_pipeline.train_loader(_source(), batch_size=4, seed=0, augment="mixup")
+        pipeline.train_loader(_source(), batch_size=4, seed=0, augment="mixup")
     with pytest.raises(ValueError, match="does not divide over 3 hosts"):
-        input_pipeline.local_batch_size(8, 3)
+        pipeline.local_batch_size(8, 3)
 
 
 @pytest.mark.parametrize("hosts", [2, 4])
@@ -184,14 +180,14 @@ def test_global_batches_do_not_depend_on_the_host_count(hosts):
     """Hosts' local batches, side by side, are the one-host global batch, augmentation
     included: N hosts train on what one host would."""
     kw = dict(seed=5, augment="cifar")
-    source = data_sources.ArraySource(
+    source = sources.ArraySource(
         np.random.default_rng(0).integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
         np.arange(40) % 10,
     )
-    single = _take(input_pipeline.train_loader(source, batch_size=16, **kw), 7)
+    single = _take(pipeline.train_loader(source, batch_size=16, **kw), 7)
     per_host = [
         _take(
-            input_pipeline.train_loader(
+            pipeline.train_loader(
                 source, batch_size=16 // hosts, process_index=h, process_count=hosts, **kw
             ),
             7,

@@ -1,4 +1,4 @@
-"""Tests for train/data_sources.py on tiny files in the real formats (tests/datafiles.py)."""
+"""Tests for train/data/sources.py on tiny files in the real formats (tests/datafiles.py)."""
 
 import gzip
 import os
@@ -11,8 +11,8 @@ import tensorflow_datasets as tfds
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from train import data_sources
-from train.data_sources import DataError, open_source
+from train.data import sources
+from train.data.sources import DataError, open_source
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 
@@ -29,13 +29,13 @@ def assert_one_line_error(excinfo, *fragments):
 
 
 def test_datasets_table_is_consistent():
-    for name, info in data_sources.DATASETS.items():
+    for name, info in sources.DATASETS.items():
         assert info.name == name
         channels = 3 if info.image_shape is None else info.image_shape[-1]
         assert len(info.mean) == len(info.std) == channels
         assert all(0 < v < 1 for v in info.mean + info.std)
-    assert data_sources.DATASETS["imagenet2012"].num_classes == 1000
-    assert data_sources.DATASETS["cifar10"].std == (0.2023, 0.1994, 0.2010)
+    assert sources.DATASETS["imagenet2012"].num_classes == 1000
+    assert sources.DATASETS["cifar10"].std == (0.2023, 0.1994, 0.2010)
 
 
 # --------------------------------------------------------------------------------------------
@@ -44,7 +44,7 @@ def test_datasets_table_is_consistent():
 
 def test_array_source_indexing():
     images, labels = datafiles.fake_split(5, (2, 3, 1), 3, seed=0)
-    source = data_sources.ArraySource(images, labels, origin="five")
+    source = sources.ArraySource(images, labels, origin="five")
     assert len(source) == 5
     assert "five" in repr(source) and len(repr(source)) < 80
     for i in (0, 4, np.int32(2), np.int64(-1), -5):
@@ -65,18 +65,18 @@ def test_array_source_indexing():
 def test_array_source_validates():
     images, labels = datafiles.fake_split(4, (2, 2, 1), 2, seed=0)
     with pytest.raises(ValueError, match="different numbers"):
-        data_sources.ArraySource(images, labels[:3])
+        sources.ArraySource(images, labels[:3])
     with pytest.raises(ValueError, match="uint8"):
-        data_sources.ArraySource(images.astype(np.float32), labels)
+        sources.ArraySource(images.astype(np.float32), labels)
     with pytest.raises(ValueError, match="uint8"):
-        data_sources.ArraySource(images[..., 0], labels)
+        sources.ArraySource(images[..., 0], labels)
 
 
 def test_array_source_is_a_grain_source():
     import grain.python as grain
 
     images, labels = datafiles.fake_split(6, (2, 2, 1), 3, seed=0)
-    source = data_sources.ArraySource(images, labels)
+    source = sources.ArraySource(images, labels)
     assert isinstance(source, grain.RandomAccessDataSource)
     dataset = grain.MapDataset.source(source).map(lambda r: r["label"])
     assert [int(dataset[i]) for i in range(6)] == labels.tolist()
@@ -92,14 +92,14 @@ def test_read_idx_follows_the_spec(tmp_path):
     # Written by hand from the format description, not by the helper under test.
     path = tmp_path / "a-idx2-ubyte"
     path.write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3, 1, 2, 3, 4, 5, 6]))
-    np.testing.assert_array_equal(data_sources.read_idx(path), [[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(sources.read_idx(path), [[1, 2, 3], [4, 5, 6]])
 
 
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_round_trip(tmp_path, gz):
     data_dir = datafiles.write_idx_dir(tmp_path, num_train=30, num_test=12, gzip=gz, seed=3)
     for split, num, seed in (("train", 30, 3), ("test", 12, 4)):
-        source = data_sources.load_idx(data_dir, split)
+        source = sources.load_idx(data_dir, split)
         images, labels = datafiles.fake_split(num, (28, 28), 10, seed)
         assert len(source) == num
         assert source.images.shape == (num, 28, 28, 1)
@@ -136,7 +136,7 @@ def test_read_idx_corruptions(tmp_path, content, fragment, gz):
     path = tmp_path / ("bad-idx3-ubyte.gz" if gz else "bad-idx3-ubyte")
     path.write_bytes(gzip.compress(content) if gz else content)
     with pytest.raises(DataError) as excinfo:
-        data_sources.read_idx(path)
+        sources.read_idx(path)
     assert_one_line_error(excinfo, str(path), fragment)
 
 
@@ -149,7 +149,7 @@ def test_read_idx_corrupt_gzip(tmp_path, mangle):
     path = tmp_path / "train-images-idx3-ubyte.gz"
     path.write_bytes(mangle(gzip.compress(_idx_bytes(np.arange(4000).reshape(40, 100)))))
     with pytest.raises(DataError) as excinfo:
-        data_sources.read_idx(path)
+        sources.read_idx(path)
     assert_one_line_error(excinfo, str(path), "gzip")
 
 
@@ -158,17 +158,17 @@ def test_load_idx_inconsistent_files(tmp_path):
     labels_path = tmp_path / "t10k-labels-idx1-ubyte"
     datafiles.write_idx(labels_path, np.zeros(9, np.uint8))
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_idx(tmp_path, "test")
+        sources.load_idx(tmp_path, "test")
     assert_one_line_error(excinfo, "t10k-images-idx3-ubyte", str(labels_path), "10 images", "9")
 
     datafiles.write_idx(labels_path, np.full(10, 10, np.uint8))
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_idx(tmp_path, "test", num_classes=10)
+        sources.load_idx(tmp_path, "test", num_classes=10)
     assert_one_line_error(excinfo, str(labels_path), "label 10 out of range")
 
     datafiles.write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((20, 28, 27), np.uint8))
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_idx(tmp_path, "train")
+        sources.load_idx(tmp_path, "train")
     assert_one_line_error(excinfo, "train-images-idx3-ubyte", "28 x 28")
 
 
@@ -177,12 +177,12 @@ def test_load_idx_prefers_whichever_exists(tmp_path):
     os.rename(tmp_path / "t10k-labels-idx1-ubyte.gz", tmp_path / "labels.gz")
     with open(tmp_path / "t10k-labels-idx1-ubyte", "wb") as f:
         f.write(gzip.decompress((tmp_path / "labels.gz").read_bytes()))
-    assert len(data_sources.load_idx(tmp_path, "test")) == 10
+    assert len(sources.load_idx(tmp_path, "test")) == 10
 
 
 def test_load_idx_missing(tmp_path):
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_idx(tmp_path / "nowhere", "train", dataset="kmnist")
+        sources.load_idx(tmp_path / "nowhere", "train", dataset="kmnist")
     assert_one_line_error(
         excinfo,
         str(tmp_path / "nowhere"),
@@ -194,7 +194,7 @@ def test_load_idx_missing(tmp_path):
     datafiles.write_idx_dir(tmp_path, num_train=10, num_test=10)
     os.remove(tmp_path / "t10k-labels-idx1-ubyte.gz")
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_idx(tmp_path, "test", dataset="fashion_mnist")
+        sources.load_idx(tmp_path, "test", dataset="fashion_mnist")
     assert_one_line_error(
         excinfo, str(tmp_path), "t10k-labels-idx1-ubyte", "apt-get install dataset-fashion-mnist"
     )
@@ -227,7 +227,7 @@ def test_cifar_follows_the_layout(tmp_path):
     root.mkdir()
     with open(root / "test_batch", "wb") as f:
         pickle.dump({b"data": row[None].astype(np.uint8), b"labels": [7]}, f, protocol=2)
-    image = data_sources.load_cifar(tmp_path, "test", num_classes=10)[0]["image"]
+    image = sources.load_cifar(tmp_path, "test", num_classes=10)[0]["image"]
     assert image.shape == (32, 32, 3)
     assert (image[..., 0] == 10).all() and (image[..., 1] == 20).all()
     assert image[0, 1, 2] == 1 and image[1, 0, 2] == 32
@@ -246,7 +246,7 @@ def test_cifar_round_trip(tmp_path, num_classes, direct):
         data_dir = os.path.join(data_dir, subdir)
     scale = 1 if num_classes == 10 else 10
     for split, num, seed in (("train", 23 * scale, 5), ("test", 11 * scale, 6)):
-        source = data_sources.load_cifar(data_dir, split, num_classes=num_classes)
+        source = sources.load_cifar(data_dir, split, num_classes=num_classes)
         images, labels = datafiles.fake_split(num, (32, 32, 3), num_classes, seed)
         assert len(source) == num
         np.testing.assert_array_equal(source.images, images)
@@ -302,10 +302,10 @@ def test_cifar_corruptions(tmp_path, content, fragment):
     else:
         _write_batch(path, content)
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_cifar(tmp_path, "train", num_classes=10)
+        sources.load_cifar(tmp_path, "train", num_classes=10)
     assert_one_line_error(excinfo, str(path), fragment)
     # The other split does not read the damaged file.
-    assert len(data_sources.load_cifar(tmp_path, "test", num_classes=10)) == 4
+    assert len(sources.load_cifar(tmp_path, "test", num_classes=10)) == 4
 
 
 def test_cifar100_fine_labels_bounded(tmp_path):
@@ -313,13 +313,13 @@ def test_cifar100_fine_labels_bounded(tmp_path):
     path = tmp_path / "cifar-100-python" / "test"
     _write_batch(path, {b"data": CIFAR_ROW, b"fine_labels": [3, 100], b"coarse_labels": [0, 0]})
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_cifar(tmp_path, "test", num_classes=100)
+        sources.load_cifar(tmp_path, "test", num_classes=100)
     assert_one_line_error(excinfo, str(path), "label 100 out of range for 100 classes")
 
 
 def test_cifar_missing(tmp_path):
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_cifar(tmp_path / "nowhere", "train", num_classes=10)
+        sources.load_cifar(tmp_path / "nowhere", "train", num_classes=10)
     assert_one_line_error(
         excinfo,
         str(tmp_path / "nowhere"),
@@ -331,13 +331,13 @@ def test_cifar_missing(tmp_path):
     # A CIFAR-10 directory is not CIFAR-100 data.
     datafiles.write_cifar10_dir(tmp_path, num_train=5, num_test=2)
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_cifar(tmp_path, "test", num_classes=100)
+        sources.load_cifar(tmp_path, "test", num_classes=100)
     assert_one_line_error(excinfo, "cifar-100-python", "CIFAR-100 python version")
     # One batch missing from an otherwise complete directory.
     path = tmp_path / "cifar-10-batches-py" / "data_batch_5"
     os.remove(path)
     with pytest.raises(DataError) as excinfo:
-        data_sources.load_cifar(tmp_path, "train", num_classes=10)
+        sources.load_cifar(tmp_path, "train", num_classes=10)
     assert_one_line_error(excinfo, str(path), "no such file")
 
 
@@ -351,7 +351,7 @@ def test_cifar_missing(tmp_path):
 )
 def test_tfds_source_under_mock_data(name, shape, num_classes):
     with tfds.testing.mock_data(num_examples=7):
-        source = data_sources.TfdsSource(name, "train")
+        source = sources.TfdsSource(name, "train")
         assert len(source) == 7
         for i in (0, 6, np.int64(-1)):
             record = source[i]
@@ -386,7 +386,7 @@ def test_tfds_source_reads_prepared_array_record(tmp_path, name):
 
 def test_tfds_not_prepared(tmp_path, monkeypatch):
     with pytest.raises(DataError) as excinfo:
-        data_sources.TfdsSource("cifar10", "train", data_dir=tmp_path)
+        sources.TfdsSource("cifar10", "train", data_dir=tmp_path)
     assert_one_line_error(
         excinfo,
         "'cifar10'",
@@ -415,7 +415,7 @@ def test_tfds_prepared_as_tfrecord(tmp_path):
     builder.info.set_splits(tfds.core.SplitDict([split]))
     builder.info.write_to_directory(builder.data_dir)
     with pytest.raises(DataError) as excinfo:
-        data_sources.TfdsSource("mnist", "test", data_dir=tmp_path)
+        sources.TfdsSource("mnist", "test", data_dir=tmp_path)
     assert_one_line_error(excinfo, str(tmp_path), "another format", "tfds build mnist")
 
 
@@ -460,8 +460,8 @@ def test_random_bytes_as_idx_give_data_error_or_an_array(tmp_path_factory, data,
     path = tmp_path_factory.mktemp("fuzz") / ("f.gz" if gz else "f")
     path.write_bytes(gzip.compress(data) if gz else data)
     try:
-        array = data_sources.read_idx(path)
-    except data_sources.DataError as e:
+        array = sources.read_idx(path)
+    except sources.DataError as e:
         assert "\n" not in str(e) and str(path) in str(e)
         return
     assert array.dtype == np.uint8

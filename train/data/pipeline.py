@@ -1,4 +1,4 @@
-"""grain pipelines over the random-access sources of `train.data_sources`.
+"""grain pipelines over the random-access sources of `train.data.sources`.
 
 Training batches come from a shuffled, infinitely repeating `grain.python.DataLoader`: the
 order and the augmentation randomness are functions of (seed, record index), each host
