@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import config_checks, loop, tasks, trainer
+from train import checkpointing, config_checks, loop, tasks, trainer
 from train.configs import default, mnist
 from train.data import pipeline, sources
 
@@ -111,3 +111,25 @@ def test_a_workdir_from_before_the_trainer_resumes(tmp_path, monkeypatch, caplog
     assert result["step"] == 2 and result["count"] == 8
     logged = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
     assert [m["step"] for m in logged if m["split"] == "train"] == [1, 2]  # 1: the old run's
+
+
+def test_a_workdir_resumed_over_other_data_is_refused_not_set_aside(tmp_path, monkeypatch):
+    """The old workdir read ./idx; given the same files elsewhere, the data iterator cannot
+    resume (grain compares the sources): one line naming both, the checkpoint left whole."""
+    monkeypatch.chdir(tmp_path)
+    workdir = tmp_path / "w"
+    shutil.copytree(OLD_WORKDIR, workdir)
+    config = datafiles.lenet_config(
+        datafiles.write_idx_dir(tmp_path / "elsewhere", num_train=32, num_test=8),
+        num_train_steps=2,
+        keep_checkpoints=1,
+        worker_count=0,
+        implementation="xla",
+    )
+    with pytest.raises(checkpointing.CheckpointError) as info:
+        trainer.run(config, workdir, tasks.classification)
+    message = str(info.value)
+    assert "was written reading data ArraySource('train from idx/train-images" in message
+    assert "elsewhere/train-images" in message and "\n" not in message
+    assert (workdir / "checkpoints" / "1").is_dir()
+    assert not list((workdir / "checkpoints").glob("damaged-*"))

@@ -217,6 +217,7 @@ def restore_latest(
     for step in sorted(mngr.all_steps(), reverse=True):
         problem = verify(mngr, step)
         if problem is None:
+            _check_same_data(mngr, step, data_iterator)
             try:
                 state, meta = restore(mngr, step, abstract_state, data_iterator=data_iterator)
                 return state, meta, step
@@ -231,6 +232,28 @@ def restore_latest(
             f"aside); start a new run with another --workdir or repair them"
         )
     return None
+
+
+def _check_same_data(mngr: ocp.CheckpointManager, step: int, data_iterator) -> None:
+    """Refuses (without setting the checkpoint aside: it is whole) to resume a data iterator
+    over other data: grain compares its source's and sampler's reprs (the files read, the
+    batch size, the seed) and would fail the restore as if the checkpoint were damaged."""
+    if data_iterator is None or not hasattr(data_iterator, "get_state"):
+        return
+    name = f"process_{jax.process_index()}-of-{jax.process_count()}.json"
+    path = step_dir(mngr, step) / "data" / name
+    try:
+        saved = json.loads(path.read_text())
+        now = json.loads(data_iterator.get_state())
+    except (OSError, ValueError, TypeError):
+        return  # not grain's JSON state: the restore itself decides
+    for key, what in (("data_source", "data"), ("sampler", "sampler")):
+        if key in saved and key in now and saved[key] != now[key]:
+            raise CheckpointError(
+                f"checkpoint {step} in {mngr.directory} was written reading {what} "
+                f"{saved[key]}, this run reads {now[key]}: give it the same {what} to resume "
+                f"(data_dir, batch_size, seed), or use another --workdir"
+            )
 
 
 def restore_or_init(
