@@ -4,7 +4,8 @@ The adder op (`adder_conv`, `adder_dense`) with the AdderNet gradients, its plai
 (`adderjax.reference`), Flax layers (`adderjax.nn` for linen, `adderjax.nnx` for NNX), the
 adaptive-learning-rate optimizer (`adderjax.optim`), the model zoo (`adderjax.models`), the
 super-resolution networks (`adderjax.sr_models`), PKKD's kernel maps and losses
-(`adderjax.distill`) and the op and energy counts (`adderjax.counting`).
+(`adderjax.distill`), the op and energy counts (`adderjax.counting`) and DeepShift's
+bit-shift weights as ShiftAddNet computes them (`adderjax.shift`).
 """
 
 from adderjax import models as models
@@ -12,6 +13,7 @@ from adderjax import nn as nn
 from adderjax import nnx as nnx
 from adderjax import optim as optim
 from adderjax import reference as reference
+from adderjax import shift as shift
 from adderjax.counting import count_ops as count_ops
 from adderjax.ops import (
     adder_conv as adder_conv,
@@ -28,5 +30,6 @@ from adderjax.ops import (
 from adderjax.ops import (
     unavailable_implementations as unavailable_implementations,
 )
+from adderjax.shift import shift_weights as shift_weights
 
 __version__ = "0.1.0"

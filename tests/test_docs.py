@@ -1,5 +1,6 @@
-"""The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md and
-docs/distillation.md and docs/super_resolution.md."""
+"""The docs' Python examples run as written: docs/op.md in order, then docs/scaling.md,
+docs/distillation.md, docs/super_resolution.md and docs/shift.md (docs/training.md's task
+sketch is tests/test_trainer.py's CountingTask, run there)."""
 
 import functools
 import pathlib
@@ -10,7 +11,7 @@ DOCS = pathlib.Path(__file__).resolve().parents[1] / "docs"
 
 def test_docs_python_blocks_run():
     namespace = {}
-    for name in ("op.md", "scaling.md", "distillation.md", "super_resolution.md"):
+    for name in ("op.md", "scaling.md", "distillation.md", "super_resolution.md", "shift.md"):
         path = DOCS / name
         blocks = re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
         assert blocks, name
@@ -23,6 +24,8 @@ def test_docs_python_blocks_run():
     assert namespace["y_mesh"].shape == (8, 32, 32, 32)
     assert abs(float(namespace["k_a"][0, 1]) - 0.1353) < 1e-4 and float(namespace["kd"]) == 0
     assert 10 < namespace["bicubic_psnr"] < 30 and 0 < namespace["bicubic_ssim"] < 1
+    assert namespace["w"].tolist() == [0.0, -0.25, 1.0, -(2.0**-14)]
+    assert namespace["q"].tolist() == [0.25, -1.0, 2.0**-15]
 
 
 def test_every_doc_link_resolves():

@@ -1,0 +1,219 @@
+"""Bit-shift weights (DeepShift, Elhoushi et al., arXiv:1905.13298), as ShiftAddNet uses them.
+
+A shift layer's weights are signed powers of two (or zero), so a multiplication by one is a
+bit shift. Two parameterisations, each exactly as ShiftAddNet's code (GATECH-EIC/ShiftAddNet
+at 654a632; "their code" below) computes it and its gradient:
+
+* DeepShift-PS (`ps_weight`, `deepshift/modules.py:333-342`): a float shift latent P and a
+  float sign latent S are trained; P is clipped to `shift_range` ([-14, 0] at their default
+  5 weight bits) and rounded half to even (``torch.round``), S is rounded and signed, so the
+  sign is ternary; W = sign * 2^P. The gradients are straight through every rounding and
+  clip (`deepshift/ste.py`), with `unsym_grad_mul` (ste.py:119-131) giving the sign the
+  weight's own gradient: dL/dP = dL/dW * sign * 2^P * ln 2, dL/dS = dL/dW (a weight whose
+  sign is 0 gets no shift gradient).
+* DeepShift-Q (`q_weight`, `deepshift/modules_q.py:117-119`): a float weight, |w| clipped to
+  [2^-(2^(bits-1) - 1), 1] ([2^-15, 1] at 5 bits; zero stays zero), then rounded to the
+  nearest power of two in the log domain, sign(w) * 2^round(log2 |w|); gradient straight
+  through.
+
+Their activations are rounded down to fixed point before a shift layer (`fixed_point`,
+`deepshift/utils.py:6-17`, 16 fraction bits, straight through), and a shift layer's output
+gradient is quantised to 16 bits with stochastic rounding (`quantize_grad`,
+`adder/quantize.py:91-118`).
+
+What their code does that a functional version does elsewhere: their forward clips P (and,
+with a sign threshold, ternarises S) in place, so the stored latents stay in range; here the
+forward clips and rounds and the training program projects the latents (not yet: issue 28).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "fixed_point",
+    "ps_weight",
+    "q_weight",
+    "quantize_grad",
+    "round_to_fixed",
+    "shift_range",
+    "shift_weights",
+]
+
+KINDS = ("ps", "q")
+LN2 = math.log(2.0)
+
+
+def shift_range(weight_bits: int, kind: str = "ps") -> tuple[int, int]:
+    """(lowest, highest) shift of `weight_bits`-bit shift weights: PS spends a code on the
+    ternary sign's zero, [-(2^(bits-1) - 2), 0] (modules.py:258); Q has a binary sign,
+    [-(2^(bits-1) - 1), 0] (modules_q.py:83)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {', '.join(map(repr, KINDS))}")
+    if not isinstance(weight_bits, int) or isinstance(weight_bits, bool) or weight_bits < 2:
+        raise ValueError(f"weight_bits={weight_bits!r} is invalid: expected an integer >= 2")
+    spare = 2 if kind == "ps" else 1
+    return -(2 ** (weight_bits - 1) - spare), 0
+
+
+def round_to_fixed(x: jax.Array, fraction_bits: int = 16, integer_bits: int = 16) -> jax.Array:
+    """`deepshift/utils.py:6-17`: x rounded down to a multiple of 2^-fraction_bits and clipped
+    to [-2^(integer_bits-1), 2^(integer_bits-1) - 1]; ``integer_bits=1`` gives sign(x) - 1,
+    as theirs does."""
+    if integer_bits < 1:
+        raise ValueError(f"integer_bits={integer_bits} is invalid: expected an integer >= 1")
+    x = jnp.asarray(x)
+    if integer_bits == 1:
+        return jnp.sign(x) - 1
+    delta = 2.0 ** (-fraction_bits)
+    bound = 2.0 ** (integer_bits - 1)
+    return jnp.clip(jnp.floor(x / delta) * delta, -bound, bound - 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def fixed_point(x: jax.Array, fraction_bits: int = 16) -> jax.Array:
+    """`round_to_fixed` with 16 integer bits, its gradient straight through
+    (`ste.round_fixed_point`, ste.py:40-50): a shift layer's input."""
+    return round_to_fixed(x, fraction_bits, 16)
+
+
+def _fixed_point_fwd(x, fraction_bits):
+    return fixed_point(x, fraction_bits), None
+
+
+def _fixed_point_bwd(fraction_bits, _, g):
+    return (g,)
+
+
+fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
+def _power_of_two(exponent: jax.Array) -> jax.Array:
+    """2^exponent for integral float exponents, exactly (XLA:CPU's exp2 is off by ulps)."""
+    return jnp.ldexp(jnp.ones_like(exponent), exponent.astype(jnp.int32))
+
+
+def _ternary_sign(sign: jax.Array, threshold: float | None) -> jax.Array:
+    if threshold is None:  # ste.sign(ste.round(S)): round half to even, then sign
+        return jnp.sign(jnp.round(sign))
+    # ste.myround (ste.py:5-23): -1 below -threshold, +1 above threshold, else 0.
+    return jnp.where(sign < -threshold, -1.0, jnp.where(sign > threshold, 1.0, 0.0)).astype(
+        sign.dtype
+    )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def ps_weight(
+    shift: jax.Array, sign: jax.Array, weight_bits: int = 5, sign_threshold: float | None = None
+) -> jax.Array:
+    """DeepShift-PS's weight sign * 2^round(clip(shift)) from its two latents (same shape).
+
+    Args:
+      shift: the float shift latent P; clipped to `shift_range(weight_bits, "ps")`.
+      sign: the float sign latent S; ternary sign(round(S)), or with `sign_threshold` t:
+        -1 below -t, +1 above t, 0 between (their ``--sign_threshold_ps``).
+      weight_bits: their ``--weight_bits`` (5).
+      sign_threshold: None (their default) or t >= 0.
+
+    The gradient is theirs: d/dshift = g * sign * 2^shift * ln 2, d/dsign = g.
+    """
+    return _ps_forward(shift, sign, weight_bits, sign_threshold)[0]
+
+
+def _ps_forward(shift, sign, weight_bits, sign_threshold):
+    shift, sign = jnp.asarray(shift), jnp.asarray(sign)
+    if shift.shape != sign.shape:
+        raise ValueError(f"shift {shift.shape} and sign {sign.shape} must have one shape")
+    if sign_threshold is not None and not sign_threshold >= 0:
+        raise ValueError(f"sign_threshold={sign_threshold!r} is invalid: expected None or >= 0")
+    low, high = shift_range(weight_bits, "ps")
+    power = _power_of_two(jnp.round(jnp.clip(shift, low, high)))
+    signs = _ternary_sign(sign, sign_threshold)
+    return power * signs, (power, signs)
+
+
+def _ps_bwd(weight_bits, sign_threshold, residuals, g):
+    power, signs = residuals
+    return g * signs * power * jnp.asarray(LN2, g.dtype), g
+
+
+ps_weight.defvjp(_ps_forward, _ps_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def q_weight(weight: jax.Array, weight_bits: int = 5) -> jax.Array:
+    """DeepShift-Q's weight: |w| clipped to [2^low, 1] (`shift_range(weight_bits, "q")`;
+    zero stays zero, as `ste.clampabs` leaves it), then sign(w) * 2^round(log2 |w|); the
+    gradient straight through."""
+    weight = jnp.asarray(weight)
+    low, high = shift_range(weight_bits, "q")
+    magnitude = jnp.clip(jnp.abs(weight), 2.0**low, 2.0**high)
+    shift = jnp.round(jnp.log(magnitude) / LN2)  # utils.get_shift_and_sign: log(|w|) / log(2)
+    return jnp.where(weight == 0, jnp.zeros_like(weight), jnp.sign(weight) * _power_of_two(shift))
+
+
+def _q_fwd(weight, weight_bits):
+    return q_weight(weight, weight_bits), None
+
+
+def _q_bwd(weight_bits, _, g):
+    return (g,)
+
+
+q_weight.defvjp(_q_fwd, _q_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def quantize_grad(y: jax.Array, key: jax.Array, num_bits: int = 16) -> jax.Array:
+    """y in the forward; in the backward its cotangent quantised to `num_bits` unsigned
+    levels between its minimum and maximum over the whole batch, with stochastic rounding
+    from `key` (`adder/quantize.py:91-118` with ``flatten_dims=(1, -1)``: per-example
+    extremes, reduced to the batch's; scale at least 1e-8)."""
+    del key, num_bits
+    return y
+
+
+def _quantize_grad_fwd(y, key, num_bits):
+    return y, key
+
+
+def _quantize_grad_bwd(num_bits, key, g):
+    low, high = jnp.min(g), jnp.max(g)
+    qmax = 2.0**num_bits - 1.0
+    scale = jnp.maximum((high - low) / qmax, 1e-8).astype(g.dtype)
+    noise = jax.random.uniform(key, g.shape, g.dtype, -0.5, 0.5)
+    levels = jnp.round(jnp.clip((g - low) / scale + noise, 0.0, qmax))
+    return levels * scale + low, None
+
+
+quantize_grad.defvjp(_quantize_grad_fwd, _quantize_grad_bwd)
+
+
+def shift_weights(
+    params: Mapping[str, Any], *, weight_bits: int = 5, sign_threshold: float | None = None
+) -> dict[str, jax.Array]:
+    """{"layer/path": effective weight} of every shift layer in a parameter tree: a mapping
+    holding "shift" and "sign" (DeepShift-PS) or "shift_weight" (DeepShift-Q). Each value is
+    0 or a signed power of two, exactly."""
+    out = {}
+
+    def walk(tree, path):
+        if not isinstance(tree, Mapping):
+            return
+        if "shift" in tree and "sign" in tree:
+            out["/".join(path)] = ps_weight(
+                tree["shift"], tree["sign"], weight_bits, sign_threshold
+            )
+        elif "shift_weight" in tree:
+            out["/".join(path)] = q_weight(tree["shift_weight"], weight_bits)
+        for key, sub in tree.items():
+            walk(sub, (*path, str(key)))
+
+    walk(params, ())
+    return out
