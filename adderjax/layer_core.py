@@ -172,26 +172,36 @@ def add_bias(y, bias):
     return y + jnp.reshape(bias, (1,) * (y.ndim - 1) + (-1,))
 
 
-def apply_conv(
-    inputs, kernel, bias, strides, padding, *, p, input_grad, filter_grad, implementation, interpret
-):
-    """The adder conv over ``(*batch, H, W, C)`` inputs, any number of batch dims, as flax does."""
+def batched_conv(conv, inputs):
+    """``conv`` of (N, H, W, C) over ``(*batch, H, W, C)`` inputs, any number of batch dims
+    (none too), as flax does."""
     num_batch = inputs.ndim - 3
     batch_shape = inputs.shape[:num_batch]
     if num_batch != 1:
         inputs = jnp.reshape(inputs, (-1,) + inputs.shape[num_batch:])
-    y = ops.adder_conv(
-        inputs,
-        kernel,
-        strides,
-        padding,
-        p=p,
-        input_grad=input_grad,
-        filter_grad=filter_grad,
-        implementation=implementation,
-        interpret=interpret,
-    )
-    y = add_bias(y, bias)
+    y = conv(inputs)
     if num_batch != 1:
         y = jnp.reshape(y, batch_shape + y.shape[1:])
     return y
+
+
+def apply_conv(
+    inputs, kernel, bias, strides, padding, *, p, input_grad, filter_grad, implementation, interpret
+):
+    """The adder conv over ``(*batch, H, W, C)`` inputs, any number of batch dims, as flax does."""
+
+    def conv(x):
+        y = ops.adder_conv(
+            x,
+            kernel,
+            strides,
+            padding,
+            p=p,
+            input_grad=input_grad,
+            filter_grad=filter_grad,
+            implementation=implementation,
+            interpret=interpret,
+        )
+        return add_bias(y, bias)
+
+    return batched_conv(conv, inputs)

@@ -1,6 +1,8 @@
-"""Flax linen adder layers, `AdderConv` and `AdderDense`, drop-in for `flax.linen.Conv` / `Dense`.
+"""Flax linen adder layers, `AdderConv` and `AdderDense`, drop-in for `flax.linen.Conv` / `Dense`,
+and the bit-shift layers `ShiftConv` and `ShiftDense` (DeepShift, as ShiftAddNet uses them).
 
-They hold a filter named ``adder`` (as in the PyTorch reference) and call `adderjax.ops`.
+The adder layers hold a filter named ``adder`` (as in the PyTorch reference) and call
+`adderjax.ops`; the shift layers hold DeepShift's latents and call `adderjax.shift`.
 """
 
 from __future__ import annotations
@@ -13,10 +15,10 @@ import jax.numpy as jnp
 from flax import linen as nn
 from flax.core import meta
 
-from adderjax import layer_core, ops
+from adderjax import layer_core, ops, shift
 from adderjax.layer_core import PaddingLike, default_bias_init, default_kernel_init
 
-__all__ = ["AdderConv", "AdderDense"]
+__all__ = ["AdderConv", "AdderDense", "ShiftConv", "ShiftDense"]
 
 Array = Any
 Dtype = Any
@@ -227,3 +229,127 @@ class AdderDense(nn.Module):
             interpret=self.interpret,
         )
         return layer_core.add_bias(y, bias)
+
+
+def _shift_key(module: nn.Module, quant_bits: int):
+    """The key of `adderjax.shift.quantize_grad`: from the "shift" rng stream when the
+    caller gives one (``apply(..., rngs={"shift": key})``), else None (no quantisation)."""
+    if quant_bits > 0 and module.has_rng("shift"):
+        return module.make_rng("shift")
+    return None
+
+
+def _shift_params(module: nn.Module, inputs, kind: str, shape, weight_bits: int, dtype) -> dict:
+    """A shift layer's latents, each from its own key, initialised as `shift.init_params`."""
+    names = ("shift", "sign") if kind == "ps" else ("shift_weight",)
+    existing = _existing_shape(module, names[0])
+    if existing is not None and len(existing) == len(shape):
+        # Checked before `param` would raise flax's shape error: the input's channels.
+        layer_core.check_in_features(inputs, existing[-2])
+    init = shift.init_params
+    return {
+        name: module.param(name, lambda key, n=name: init(key, kind, shape, weight_bits, dtype)[n])
+        for name in names
+    }
+
+
+class ShiftConv(nn.Module):
+    """2-D bit-shift convolution (DeepShift's `Conv2dShift` as ShiftAddNet uses it): a
+    convolution whose weights are signed powers of two, so each product is a shift.
+
+    ``y = conv(fixed_point(x), W)`` with ``W = adderjax.shift.effective_weight(...)``: for
+    ``kind="ps"`` (DeepShift-PS, ShiftAddNet's) the trained latents are ``shift`` and
+    ``sign`` and ``W = sign(round(sign)) * 2^round(clip(shift))``; for ``kind="q"``
+    (DeepShift-Q) the latent is the float ``shift_weight``, rounded to the nearest signed
+    power of two. The input is rounded down to ``quant_bits`` fraction bits, and when the
+    caller gives a "shift" rng stream (``apply(..., rngs={"shift": key})``) the output's
+    gradient is quantised to ``quant_bits`` bits with stochastic rounding, as theirs always
+    is. See docs/shift.md.
+
+    Attributes:
+      features: output channels.
+      kernel_size: an int k, meaning (k, k), or a pair of ints.
+      strides: an int or a pair of ints (default 1).
+      padding: as `AdderConv` ("SAME", "VALID", ints or pairs).
+      kind: "ps" or "q".
+      weight_bits: their ``--weight_bits`` (5: shifts in [-14, 0] for PS, [-15, 0] for Q).
+      sign_threshold: None, or their ``--sign_threshold_ps`` (PS only).
+      quant_bits: their ``--shift_quant_bits`` (16); 0 rounds the input to integers and
+        leaves the gradient alone, as their code does.
+      dtype: the dtype of the computation (default: inferred from inputs and params).
+      param_dtype: the dtype of the latents (default float32).
+
+    No bias: their shift layers' bias path cannot run (`ste.round_fixed_point(self.bias)`
+    lacks its `quant_bits`), and their networks have none.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from adderjax import nn as adder_nn
+      >>> layer = adder_nn.ShiftConv(features=8, kernel_size=3)
+      >>> variables = layer.init(jax.random.key(0), jnp.ones((2, 6, 6, 4)))
+      >>> jax.tree.map(jnp.shape, variables)
+      {'params': {'shift': (3, 3, 4, 8), 'sign': (3, 3, 4, 8)}}
+      >>> layer.apply(variables, jnp.ones((2, 6, 6, 4)), rngs={"shift": jax.random.key(1)}).shape
+      (2, 6, 6, 8)
+    """
+
+    features: int
+    kernel_size: int | Sequence[int]
+    strides: None | int | Sequence[int] = 1
+    padding: PaddingLike = "SAME"
+    kind: str = "ps"
+    weight_bits: int = 5
+    sign_threshold: float | None = None
+    quant_bits: int = 16
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        """``(*batch_dims, H, W, C)`` -> ``(*batch_dims, Ho, Wo, features)``."""
+        kernel_size, strides, padding = layer_core.conv_args(
+            self.kernel_size, self.strides, self.padding
+        )
+        shift.check_layer_args(self.kind, self.weight_bits, self.sign_threshold, self.quant_bits)
+        layer_core.check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
+        shape = kernel_size + (jnp.shape(inputs)[-1], self.features)
+        params = _shift_params(self, inputs, self.kind, shape, self.weight_bits, self.param_dtype)
+        weight = shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
+        (inputs,) = nn.dtypes.promote_dtype(inputs, dtype=self.dtype)
+        key = _shift_key(self, self.quant_bits)
+        return layer_core.batched_conv(
+            lambda x: shift.shift_conv(
+                x, weight, strides, padding, quant_bits=self.quant_bits, key=key
+            ),
+            inputs,
+        )
+
+
+class ShiftDense(nn.Module):
+    """Bit-shift dense layer over the last axis: `ShiftConv`'s rules as a 1x1 layer (their
+    `LinearShift` cannot run; their classifiers are 1x1 shift convolutions).
+
+    Attributes: ``features`` and, as in `ShiftConv`, ``kind``, ``weight_bits``,
+    ``sign_threshold``, ``quant_bits``, ``dtype`` and ``param_dtype``. The latents have shape
+    ``(din, features)``.
+    """
+
+    features: int
+    kind: str = "ps"
+    weight_bits: int = 5
+    sign_threshold: float | None = None
+    quant_bits: int = 16
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, inputs: Array) -> Array:
+        """``(..., din)`` -> ``(..., features)``."""
+        shift.check_layer_args(self.kind, self.weight_bits, self.sign_threshold, self.quant_bits)
+        layer_core.check_inputs(inputs, 1, "(..., din)")
+        shape = (jnp.shape(inputs)[-1], self.features)
+        params = _shift_params(self, inputs, self.kind, shape, self.weight_bits, self.param_dtype)
+        weight = shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
+        (inputs,) = nn.dtypes.promote_dtype(inputs, dtype=self.dtype)
+        key = _shift_key(self, self.quant_bits)
+        return shift.shift_dense(inputs, weight, quant_bits=self.quant_bits, key=key)

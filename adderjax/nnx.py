@@ -1,7 +1,9 @@
-"""Flax NNX adder layers, `AdderConv` and `AdderLinear`, drop-in for `flax.nnx.Conv` / `Linear`.
+"""Flax NNX adder layers, `AdderConv` and `AdderLinear`, drop-in for `flax.nnx.Conv` / `Linear`,
+and the bit-shift layers `ShiftConv` and `ShiftLinear` (DeepShift, as ShiftAddNet uses them).
 
-The filter is the `nnx.Param` ``adder`` (as in the PyTorch reference); the forward and the
-AdderNet gradients are those of `adderjax.ops`.
+The adder filter is the `nnx.Param` ``adder`` (as in the PyTorch reference); the forward and
+the AdderNet gradients are those of `adderjax.ops`. The shift layers' latents and rules are
+`adderjax.nn.ShiftConv`'s (`adderjax.shift`).
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from adderjax import layer_core, ops
+from adderjax import layer_core, ops, shift
 from adderjax.layer_core import PaddingLike, default_bias_init, default_kernel_init
 
-__all__ = ["AdderConv", "AdderLinear"]
+__all__ = ["AdderConv", "AdderLinear", "ShiftConv", "ShiftLinear"]
 
 Array = Any
 Dtype = Any
@@ -271,3 +273,128 @@ class AdderLinear(nnx.Module):
             interpret=self.interpret,
         )
         return layer_core.add_bias(y, bias)
+
+
+class _ShiftLayer(nnx.Module):
+    """The latents and options of a shift layer (`ShiftConv`, `ShiftLinear`)."""
+
+    def _init_shift(self, shape, kind, weight_bits, sign_threshold, quant_bits, dtype,
+                    param_dtype, rngs):  # fmt: skip
+        shift.check_layer_args(kind, weight_bits, sign_threshold, quant_bits)
+        names = ("shift", "sign") if kind == "ps" else ("shift_weight",)
+        for name in names:  # each latent from its own key, as `adderjax.nn`'s
+            value = shift.init_params(rngs.params(), kind, shape, weight_bits, param_dtype)[name]
+            setattr(self, name, nnx.Param(value))
+        self.kind = kind
+        self.weight_bits = weight_bits
+        self.sign_threshold = sign_threshold
+        self.quant_bits = quant_bits
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+
+    def _weight(self):
+        names = ("shift", "sign") if self.kind == "ps" else ("shift_weight",)
+        params = {name: getattr(self, name)[...] for name in names}
+        return shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
+
+
+class ShiftConv(_ShiftLayer):
+    """2-D bit-shift convolution: `adderjax.nn.ShiftConv` as an NNX module.
+
+    Args:
+      in_features, out_features, kernel_size, strides, padding: as `AdderConv`.
+      kind, weight_bits, sign_threshold, quant_bits, dtype, param_dtype: as
+        `adderjax.nn.ShiftConv`.
+      rngs: the `nnx.Rngs` the latents are initialised from.
+
+    Attributes:
+      shift, sign: `nnx.Param` latents ``(kh, kw, in_features, out_features)`` (kind "ps"), or
+      shift_weight: the `nnx.Param` float weight (kind "q").
+
+    A call's ``key`` quantises the output's gradient (`adderjax.shift.quantize_grad`); without
+    one it is left alone.
+
+    Example:
+      >>> import jax, jax.numpy as jnp
+      >>> from flax import nnx
+      >>> from adderjax import nnx as adder_nnx
+      >>> layer = adder_nnx.ShiftConv(4, 8, 3, rngs=nnx.Rngs(0))
+      >>> layer.shift.shape, layer.sign.shape
+      ((3, 3, 4, 8), (3, 3, 4, 8))
+      >>> layer(jnp.ones((2, 6, 6, 4)), key=jax.random.key(1)).shape
+      (2, 6, 6, 8)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        kernel_size: int | Sequence[int],
+        strides: None | int | Sequence[int] = 1,
+        padding: PaddingLike = "SAME",
+        *,
+        kind: str = "ps",
+        weight_bits: int = 5,
+        sign_threshold: float | None = None,
+        quant_bits: int = 16,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        kernel_size, strides, padding = layer_core.conv_args(kernel_size, strides, padding)
+        shape = kernel_size + (in_features, out_features)
+        self._init_shift(shape, kind, weight_bits, sign_threshold, quant_bits, dtype,
+                         param_dtype, rngs)  # fmt: skip
+        self.in_features = in_features
+        self.out_features = out_features
+        self.kernel_size = kernel_size
+        self.strides = strides
+        self.padding = padding
+
+    def __call__(self, inputs: Array, *, key: jax.Array | None = None) -> Array:
+        """``(*batch_dims, H, W, C)`` -> ``(*batch_dims, Ho, Wo, out_features)``."""
+        layer_core.check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
+        layer_core.check_in_features(inputs, self.in_features)
+        weight = self._weight()
+        (inputs,) = nnx.nn.dtypes.promote_dtype((inputs,), dtype=self.dtype)
+        return layer_core.batched_conv(
+            lambda x: shift.shift_conv(
+                x, weight, self.strides, self.padding, quant_bits=self.quant_bits, key=key
+            ),
+            inputs,
+        )
+
+
+class ShiftLinear(_ShiftLayer):
+    """Bit-shift dense layer over the last axis: `adderjax.nn.ShiftDense` as an NNX module.
+
+    Args: ``in_features``, ``out_features``, ``rngs`` and, as `ShiftConv`, ``kind``,
+    ``weight_bits``, ``sign_threshold``, ``quant_bits``, ``dtype``, ``param_dtype``. The
+    latents have shape ``(in_features, out_features)``; a call's ``key`` quantises the
+    output's gradient.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        kind: str = "ps",
+        weight_bits: int = 5,
+        sign_threshold: float | None = None,
+        quant_bits: int = 16,
+        dtype: Dtype | None = None,
+        param_dtype: Dtype = jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self._init_shift((in_features, out_features), kind, weight_bits, sign_threshold,
+                         quant_bits, dtype, param_dtype, rngs)  # fmt: skip
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def __call__(self, inputs: Array, *, key: jax.Array | None = None) -> Array:
+        """``(..., in_features)`` -> ``(..., out_features)``."""
+        layer_core.check_inputs(inputs, 1, "(..., in_features)")
+        layer_core.check_in_features(inputs, self.in_features)
+        (inputs,) = nnx.nn.dtypes.promote_dtype((inputs,), dtype=self.dtype)
+        return shift.shift_dense(inputs, self._weight(), quant_bits=self.quant_bits, key=key)

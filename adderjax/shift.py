@@ -37,11 +37,16 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "check_layer_args",
+    "effective_weight",
     "fixed_point",
+    "init_params",
     "ps_weight",
     "q_weight",
     "quantize_grad",
     "round_to_fixed",
+    "shift_conv",
+    "shift_dense",
     "shift_range",
     "shift_weights",
 ]
@@ -217,3 +222,73 @@ def shift_weights(
 
     walk(params, ())
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# What the shift layers (`adderjax.nn.ShiftConv`, `adderjax.nnx.ShiftConv`, ...) share
+
+
+def check_layer_args(kind: str, weight_bits: int, sign_threshold, quant_bits: int) -> None:
+    """One-line errors for a shift layer's options."""
+    shift_range(weight_bits, kind)
+    if sign_threshold is not None and (kind != "ps" or not sign_threshold >= 0):
+        raise ValueError(
+            f"sign_threshold={sign_threshold!r} is invalid: expected None, or a number >= 0 "
+            f"with kind='ps'"
+        )
+    if not isinstance(quant_bits, int) or isinstance(quant_bits, bool) or quant_bits < 0:
+        raise ValueError(f"quant_bits={quant_bits!r} is invalid: expected an integer >= 0")
+
+
+def init_params(key: jax.Array, kind: str, shape, weight_bits: int, dtype=jnp.float32) -> dict:
+    """A shift layer's latents as their layers initialise them (`reset_parameters`): PS's
+    shift uniform over `shift_range` and sign uniform over [-1, 1] (modules.py:285-287); Q's
+    weight as `torch.nn.init.kaiming_uniform_(a=sqrt(5))`, uniform over +-1/sqrt(fan_in) with
+    fan_in all but the last axis of `shape` (modules_q.py:244)."""
+    if kind == "ps":
+        low, high = shift_range(weight_bits, "ps")
+        k_shift, k_sign = jax.random.split(key)
+        return {
+            "shift": jax.random.uniform(k_shift, shape, dtype, low, high),
+            "sign": jax.random.uniform(k_sign, shape, dtype, -1.0, 1.0),
+        }
+    shift_range(weight_bits, kind)
+    bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+    return {"shift_weight": jax.random.uniform(key, shape, dtype, -bound, bound)}
+
+
+def effective_weight(
+    params: Mapping[str, jax.Array], kind: str, weight_bits: int, sign_threshold=None
+) -> jax.Array:
+    """The weight a shift layer applies: `ps_weight` of its "shift" and "sign", or `q_weight`
+    of its "shift_weight"."""
+    if kind == "ps":
+        return ps_weight(params["shift"], params["sign"], weight_bits, sign_threshold)
+    return q_weight(params["shift_weight"], weight_bits)
+
+
+def _quantized_output(y, quant_bits, key):
+    if quant_bits > 0 and key is not None:
+        return quantize_grad(y, key, quant_bits)
+    return y
+
+
+def shift_conv(x, weight, strides, padding, *, quant_bits: int = 16, key=None) -> jax.Array:
+    """Conv2dShift's forward (modules.py:343-374) with an effective `weight` (kh, kw, cin,
+    cout): the input through `fixed_point` with ``quant_bits`` fraction bits (theirs rounds it
+    whatever quant_bits is), a plain convolution, and with a `key` and quant_bits > 0 the
+    output's cotangent through `quantize_grad`. ``x`` is (N, H, W, C)."""
+    x = fixed_point(x, quant_bits)
+    y = jax.lax.conv_general_dilated(
+        x, weight.astype(x.dtype), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    return _quantized_output(y, quant_bits, key)
+
+
+def shift_dense(x, weight, *, quant_bits: int = 16, key=None) -> jax.Array:
+    """The dense form of `shift_conv` (a 1x1 Conv2dShift over ``x[..., din]``): their own
+    `LinearShift` cannot run (its forward reads a `threshold` its constructor never sets,
+    modules.py:132), and their networks' classifiers are 1x1 shift convolutions."""
+    x = fixed_point(x, quant_bits)
+    y = jnp.matmul(x, weight.astype(x.dtype))
+    return _quantized_output(y, quant_bits, key)

@@ -26,6 +26,8 @@ def test_docs_python_blocks_run():
     assert 10 < namespace["bicubic_psnr"] < 30 and 0 < namespace["bicubic_ssim"] < 1
     assert namespace["w"].tolist() == [0.0, -0.25, 1.0, -(2.0**-14)]
     assert namespace["q"].tolist() == [0.25, -1.0, 2.0**-15]
+    assert namespace["y_shift"].shape == (2, 6, 6, 8)
+    assert set(namespace["shift_layer_weights"]) == {""}
 
 
 def test_every_doc_link_resolves():

@@ -1,4 +1,5 @@
-"""Tests for adderjax.nn: the linen AdderConv / AdderDense against the functional op and flax."""
+"""Tests for adderjax.nn: the linen AdderConv / AdderDense against the functional op and flax,
+and ShiftConv / ShiftDense against a plain conv of DeepShift weights and ShiftAddNet's own."""
 
 # Compiling jax.random.normal takes ~2 s per new shape on a small CPU, and every eager call
 # of the adder op compiles its scan again, so the tests build arrays with numpy, check
@@ -12,8 +13,10 @@ import numpy as np
 import pytest
 from flax import linen as nn
 
+import adderjax
 from adderjax import nn as adder_nn
 from adderjax import ops, optim, reference
+from adderjax import shift as shift_lib
 
 X_SHAPE = (2, 8, 8, 2)
 W_SHAPE = (3, 3, 2, 4)
@@ -345,3 +348,130 @@ def test_interpret_runs_the_pallas_kernels(layer):
     np.testing.assert_allclose(layer_pallas.apply(variables, x), want, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="interpret=True runs the Pallas kernels"):
         make(implementation="xla", interpret=True).apply(variables, x)
+
+
+# --------------------------------------------------------------------------------------------
+# ShiftConv / ShiftDense
+
+
+def _shift_latents(shape, seed=0):
+    rng = np.random.default_rng(seed)
+    return {
+        "shift": jnp.asarray(rng.uniform(-16, 1, shape), jnp.float32),
+        "sign": jnp.asarray(rng.uniform(-1.5, 1.5, shape), jnp.float32),
+    }
+
+
+@pytest.mark.parametrize("padding, strides", [("SAME", 1), ("VALID", 2), (1, 1)])
+def test_shift_conv_is_a_conv_of_fixed_point_inputs_with_power_of_two_weights(padding, strides):
+    layer = adder_nn.ShiftConv(features=4, kernel_size=3, strides=strides, padding=padding)
+    params = _shift_latents(W_SHAPE)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=X_SHAPE) * 3, jnp.float32)
+    weight = shift_lib.ps_weight(params["shift"], params["sign"])
+    stride, pads = (strides, strides), OP_PADDINGS[str(padding)]
+    want = jax.lax.conv_general_dilated(
+        shift_lib.round_to_fixed(x),
+        weight,
+        stride,
+        pads,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    got = layer.apply({"params": params}, x)
+    np.testing.assert_array_equal(got, want)
+    # Several batch dims, and none, as flax's Conv.
+    np.testing.assert_array_equal(layer.apply({"params": params}, x[None])[0], want)
+    np.testing.assert_array_equal(layer.apply({"params": params}, x[0]), want[0])
+    assert set(adderjax.shift_weights(params)) == {""}  # the layer's own latents
+
+
+def test_shift_conv_gradients_are_the_conv_gradients_through_deepshift():
+    layer = adder_nn.ShiftConv(features=4, kernel_size=3)
+    params = _shift_latents(W_SHAPE)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=X_SHAPE), jnp.float32)
+    weight = shift_lib.ps_weight(params["shift"], params["sign"])
+    xq = shift_lib.round_to_fixed(x)
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(
+            x, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )
+
+    g = jnp.asarray(np.random.default_rng(2).normal(size=(2, 8, 8, 4)), jnp.float32)
+    _, conv_vjp = jax.vjp(conv, xq, weight)
+    dx_want, dw = conv_vjp(g)
+    _, layer_vjp = jax.vjp(lambda p, x: layer.apply({"params": p}, x), params, x)
+    dparams, dx = layer_vjp(g)
+    np.testing.assert_allclose(dx, dx_want, rtol=1e-5, atol=1e-6)  # fixed point: straight
+    signs = jnp.sign(jnp.round(params["sign"]))
+    power = jnp.ldexp(1.0, jnp.round(jnp.clip(params["shift"], -14, 0)).astype(jnp.int32))
+    np.testing.assert_allclose(dparams["shift"], dw * signs * power * np.log(2), rtol=1e-5)
+    np.testing.assert_allclose(dparams["sign"], dw, rtol=1e-6)
+
+
+def test_shift_conv_matches_shiftaddnets_conv2dshift_in_pytorch():
+    torch = pytest.importorskip("torch")
+    import shift_reference
+
+    params = _shift_latents((3, 3, 3, 5), seed=4)
+    x = np.random.default_rng(5).normal(size=(2, 7, 7, 3)).astype(np.float32) * 4
+    got = adder_nn.ShiftConv(features=5, kernel_size=3, padding=1).apply({"params": params}, x)
+    # Conv2dShift.forward: weight_ps, the input through round_fixed_point, F.conv2d (OIHW).
+    to_torch = lambda a: torch.tensor(np.asarray(a)).permute(3, 2, 0, 1)  # noqa: E731
+    weight, _ = shift_reference.ps_weight(to_torch(params["shift"]), to_torch(params["sign"]))
+    xt = shift_reference.round_to_fixed(torch.tensor(x).permute(0, 3, 1, 2), 16, 16)
+    want = torch.nn.functional.conv2d(xt, weight, padding=1).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(got, want.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_shift_layers_initialise_as_theirs_and_name_their_latents():
+    x = jnp.ones((1, 5, 5, 6))
+    ps = adder_nn.ShiftConv(features=7, kernel_size=3).init(jax.random.key(0), x)["params"]
+    assert set(ps) == {"shift", "sign"} and ps["shift"].shape == (3, 3, 6, 7)
+    assert float(ps["shift"].min()) >= -14 and float(ps["shift"].max()) <= 0
+    assert float(jnp.abs(ps["sign"]).max()) <= 1
+    q = adder_nn.ShiftDense(features=7, kind="q").init(jax.random.key(0), jnp.ones((2, 54)))
+    w = q["params"]["shift_weight"]
+    assert w.shape == (54, 7) and float(jnp.abs(w).max()) <= 1 / np.sqrt(54)
+    for weight in adderjax.shift_weights({"a": ps, "b": q["params"]}).values():
+        mantissa, _ = np.frexp(np.asarray(weight))
+        assert np.all(np.isin(np.abs(mantissa), [0.0, 0.5]))
+
+
+def test_shift_dense_is_a_1x1_shift_conv():
+    params = _shift_latents((6, 3), seed=7)
+    x = jnp.asarray(np.random.default_rng(8).normal(size=(2, 4, 4, 6)), jnp.float32)
+    dense = adder_nn.ShiftDense(features=3).apply({"params": params}, x)
+    conv_params = jax.tree.map(lambda a: a[None, None], params)
+    conv = adder_nn.ShiftConv(features=3, kernel_size=1).apply({"params": conv_params}, x)
+    np.testing.assert_allclose(dense, conv, rtol=1e-6, atol=1e-6)
+
+
+def test_a_shift_rng_stream_quantises_the_output_gradient():
+    layer = adder_nn.ShiftConv(features=4, kernel_size=3, quant_bits=4)
+    params = _shift_latents(W_SHAPE)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=X_SHAPE), jnp.float32)
+
+    def grads(rngs):
+        return jax.grad(lambda p: jnp.sum(layer.apply({"params": p}, x, rngs=rngs) ** 2))(params)
+
+    plain, quantised = grads(None), grads({"shift": jax.random.key(0)})
+    assert not np.allclose(plain["sign"], quantised["sign"])
+    again = grads({"shift": jax.random.key(0)})
+    np.testing.assert_array_equal(again["sign"], quantised["sign"])  # a function of the key
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"kind": "x"}, "kind='x' is not one of 'ps', 'q'"),
+        ({"weight_bits": 1}, "weight_bits=1 is invalid"),
+        ({"kind": "q", "sign_threshold": 0.3}, "sign_threshold=0.3 is invalid"),
+        ({"quant_bits": -1}, "quant_bits=-1 is invalid"),
+    ],
+)
+def test_bad_shift_options_are_one_line(kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        adder_nn.ShiftConv(features=2, kernel_size=3, **kwargs).init(
+            jax.random.key(0), jnp.ones((1, 4, 4, 2))
+        )
+    assert "\n" not in str(info.value)

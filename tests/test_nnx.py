@@ -1,4 +1,5 @@
-"""Tests for adderjax.nnx: the NNX AdderConv / AdderLinear against the functional op and flax."""
+"""Tests for adderjax.nnx: the NNX AdderConv / AdderLinear against the functional op and flax,
+and ShiftConv / ShiftLinear against the linen shift layers."""
 
 # Compiling jax.random.normal takes ~1.5 s per new shape on a small CPU, so the layers are
 # built with a numpy initializer except where the default one is under test, shapes are
@@ -13,6 +14,7 @@ import optax
 import pytest
 from flax import nnx
 
+from adderjax import nn as adder_nn
 from adderjax import nnx as adder_nnx
 from adderjax import ops, optim
 
@@ -337,3 +339,38 @@ def test_interpret_runs_the_pallas_kernels():
     np.testing.assert_allclose(layer(x), want, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError, match="interpret must be a bool"):
         adder_nnx.AdderLinear(3, 4, interpret="yes", rngs=nnx.Rngs(0))
+
+
+# --------------------------------------------------------------------------------------------
+# ShiftConv / ShiftLinear: the linen layers' rules as NNX modules
+
+
+@pytest.mark.parametrize("kind", ["ps", "q"])
+def test_shift_layers_compute_what_the_linen_ones_do(kind):
+    conv = adder_nnx.ShiftConv(2, 4, 3, strides=2, padding=1, kind=kind, rngs=nnx.Rngs(0))
+    names = ("shift", "sign") if kind == "ps" else ("shift_weight",)
+    params = {name: getattr(conv, name)[...] for name in names}
+    x = jnp.asarray(np.random.default_rng(1).normal(size=X_SHAPE) * 2, jnp.float32)
+    linen = adder_nn.ShiftConv(features=4, kernel_size=3, strides=2, padding=1, kind=kind)
+    np.testing.assert_array_equal(conv(x), linen.apply({"params": params}, x))
+    g_nnx = jax.grad(lambda x: jnp.sum(conv(x) ** 2))(x)
+    g_linen = jax.grad(lambda x: jnp.sum(linen.apply({"params": params}, x) ** 2))(x)
+    np.testing.assert_array_equal(g_nnx, g_linen)
+    # The gradient quantiser's key is a call argument here (linen draws it from its "shift"
+    # stream): 16-bit levels, within a level of the plain gradient.
+    quantised = jax.grad(lambda x: jnp.sum(conv(x, key=jax.random.key(3)) ** 2))(x)
+    assert not np.array_equal(quantised, g_nnx)
+    np.testing.assert_allclose(quantised, g_nnx, atol=1e-3 * float(jnp.abs(g_nnx).max()))
+    dense = adder_nnx.ShiftLinear(6, 3, kind=kind, rngs=nnx.Rngs(1))
+    dparams = {name: getattr(dense, name)[...] for name in names}
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(5, 6)), jnp.float32)
+    linen_dense = adder_nn.ShiftDense(features=3, kind=kind)
+    np.testing.assert_array_equal(dense(z), linen_dense.apply({"params": dparams}, z))
+
+
+def test_shift_layer_options_fail_where_the_layer_is_built():
+    with pytest.raises(ValueError, match="weight_bits=1 is invalid"):
+        adder_nnx.ShiftConv(2, 4, 3, weight_bits=1, rngs=nnx.Rngs(0))
+    layer = adder_nnx.ShiftLinear(6, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="expects in_features=6"):
+        layer(jnp.ones((2, 5)))
