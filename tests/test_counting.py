@@ -3,8 +3,10 @@
 import doctest
 
 import pytest
+from flax import linen as nn
 
 from adderjax import count_ops, counting, models
+from adderjax import nn as adder_nn
 
 CIFAR = (1, 32, 32, 3)
 
@@ -85,3 +87,34 @@ def test_bad_arguments(kwargs, match):
 
 def test_doctests():
     assert doctest.testmod(counting).failed == 0
+
+
+class _ShiftAddBlock(nn.Module):
+    """ShiftAddNet's unit (a shift conv, then an adder conv) between a stem and a head."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.Conv(8, (3, 3), use_bias=False)(x)  # first layer: left out by "paper"
+        x = adder_nn.ShiftConv(features=16, kernel_size=3)(x)
+        x = adder_nn.AdderConv(features=16, kernel_size=3, use_bias=False)(x)
+        return adder_nn.ShiftDense(features=10)(x.reshape(x.shape[0], -1))  # last: left out
+
+
+def test_shift_layers_count_shifts_and_additions_by_hand():
+    paper = count_ops(_ShiftAddBlock(), (1, 8, 8, 3), energy="shiftaddnas_32bit")
+    outputs, k = 8 * 8 * 16, 9 * 8
+    shift, adder = paper.layers
+    assert (shift.kind, shift.shifts, shift.additions, shift.multiplications) == (
+        "shift", outputs * k, outputs * k, 0
+    )  # fmt: skip
+    assert (adder.kind, adder.additions, adder.shifts) == ("adder", 2 * outputs * 9 * 16, 0)
+    assert paper.multiplications == 0 and paper.shifts == outputs * k
+    assert "| shift |" in paper.table().splitlines()[0]
+    full = count_ops(_ShiftAddBlock(), (1, 8, 8, 3), convention="full", energy="shiftaddnas_8bit")
+    head = full.layers[-1]
+    assert (head.kind, head.shifts, head.additions) == ("shift_dense", 10 * 1024, 10 * 1023)
+    e = counting.ENERGY_PJ["shiftaddnas_8bit"]
+    want = full.multiplications * e["mul"] + full.additions * e["add"] + full.shifts * e["shift"]
+    assert full.energy_pj == pytest.approx(want)
+    with pytest.raises(ValueError, match="has shift layers but energy='float32' has no shift"):
+        count_ops(_ShiftAddBlock(), (1, 8, 8, 3))  # "paper" with the default float32 figures
