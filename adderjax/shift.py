@@ -22,8 +22,9 @@ gradient is quantised to 16 bits with stochastic rounding (`quantize_grad`,
 `adder/quantize.py:91-118`).
 
 What their code does that a functional version does elsewhere: their forward clips P (and,
-with a sign threshold, ternarises S) in place, so the stored latents stay in range; here the
-forward clips and rounds and the training program projects the latents (not yet: issue 28).
+with a sign threshold, ternarises S; and clips Q's |w|) in place, so the stored latents stay
+in range and the optimizer carries on from there; here the forward clips and rounds a copy,
+and `project_latents` after each update does what their in-place writes do.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "effective_weight",
     "fixed_point",
     "init_params",
+    "project_latents",
     "ps_weight",
     "q_weight",
     "quantize_grad",
@@ -292,3 +294,31 @@ def shift_dense(x, weight, *, quant_bits: int = 16, key=None) -> jax.Array:
     x = fixed_point(x, quant_bits)
     y = jnp.matmul(x, weight.astype(x.dtype))
     return _quantized_output(y, quant_bits, key)
+
+
+def project_latents(
+    params: Mapping[str, Any], *, weight_bits: int = 5, sign_threshold: float | None = None
+) -> Any:
+    """`params` with every shift layer's latents as their forward leaves them in place: PS's
+    "shift" clipped to `shift_range` (modules.py:334) and, with a `sign_threshold`, "sign"
+    replaced by its ternary value (`ste.myround` writes it back, ste.py:5-10); Q's
+    "shift_weight" with |w| clipped to [2^low, 1], zero kept (`ste.clampabs`, modules_q.py:118).
+    Applied after each optimizer update, the next step starts where theirs does."""
+    low, high = shift_range(weight_bits, "ps")
+    q_low, q_high = shift_range(weight_bits, "q")
+
+    def project(tree):
+        if not isinstance(tree, Mapping):
+            return tree
+        out = {key: project(sub) for key, sub in tree.items()}
+        if "shift" in tree and "sign" in tree:
+            out["shift"] = jnp.clip(tree["shift"], low, high)
+            if sign_threshold is not None:
+                out["sign"] = _ternary_sign(tree["sign"], sign_threshold)
+        elif "shift_weight" in tree:
+            w = tree["shift_weight"]
+            magnitude = jnp.clip(jnp.abs(w), 2.0**q_low, 2.0**q_high)
+            out["shift_weight"] = jnp.where(w == 0, w, jnp.sign(w) * magnitude).astype(w.dtype)
+        return type(tree)(out) if not isinstance(tree, dict) else out
+
+    return project(params)

@@ -166,3 +166,24 @@ def test_round_to_fixed_is_shiftaddnets():
     for fraction, integer in [(16, 16), (4, 8), (0, 3), (16, 1)]:
         want = shift_reference.round_to_fixed(torch.tensor(x), fraction, integer).numpy()
         np.testing.assert_array_equal(shift.round_to_fixed(x, fraction, integer), want)
+
+
+def test_project_latents_does_what_their_in_place_writes_do():
+    params = {
+        "a": {"shift": jnp.asarray([-20.0, -3.3, 1.5]), "sign": jnp.asarray([0.2, -0.5, 0.9])},
+        "b": {"c": {"shift_weight": jnp.asarray([3.0, -1e-9, 0.0, -0.4])}},
+        "bn": {"scale": jnp.asarray([5.0])},
+    }
+    out = shift.project_latents(params)
+    f32 = lambda values: np.asarray(values, np.float32)  # noqa: E731
+    np.testing.assert_array_equal(out["a"]["shift"], f32([-14.0, -3.3, 0.0]))  # not rounded
+    np.testing.assert_array_equal(out["a"]["sign"], params["a"]["sign"])  # no threshold: kept
+    np.testing.assert_array_equal(out["b"]["c"]["shift_weight"], f32([1, -(2.0**-15), 0, -0.4]))
+    np.testing.assert_array_equal(out["bn"]["scale"], [5.0])
+    ternary = shift.project_latents(params, sign_threshold=0.3)
+    np.testing.assert_array_equal(ternary["a"]["sign"], [0.0, -1.0, 1.0])
+    # The effective weights do not change: the forward clips and rounds the same way.
+    for before, after in zip(
+        shift.shift_weights(params).values(), shift.shift_weights(out).values(), strict=True
+    ):
+        np.testing.assert_array_equal(before, after)
