@@ -231,26 +231,31 @@ class AdderDense(nn.Module):
         return layer_core.add_bias(y, bias)
 
 
-def _shift_key(module: nn.Module, quant_bits: int):
-    """The key of `adderjax.shift.quantize_grad`: from the "shift" rng stream when the
-    caller gives one (``apply(..., rngs={"shift": key})``), else None (no quantisation)."""
-    if quant_bits > 0 and module.has_rng("shift"):
-        return module.make_rng("shift")
-    return None
-
-
-def _shift_params(module: nn.Module, inputs, kind: str, shape, weight_bits: int, dtype) -> dict:
-    """A shift layer's latents, each from its own key, initialised as `shift.init_params`."""
-    names = ("shift", "sign") if kind == "ps" else ("shift_weight",)
+def _shift_weight(module: nn.Module, inputs, shape):
+    """A shift layer's (inputs, effective weight, gradient-quantiser key): its options checked,
+    its latents (`shift.init_params`, each from its own key), the input promoted, and the key
+    of `adderjax.shift.quantize_grad` from the "shift" rng stream when the caller gives one
+    (``apply(..., rngs={"shift": key})``; else None, no quantisation)."""
+    kind, bits, threshold = module.kind, module.weight_bits, module.sign_threshold
+    shift.check_layer_args(kind, bits, threshold, module.quant_bits)
+    names = shift.LATENTS[kind]
     existing = _existing_shape(module, names[0])
     if existing is not None and len(existing) == len(shape):
         # Checked before `param` would raise flax's shape error: the input's channels.
         layer_core.check_in_features(inputs, existing[-2])
-    init = shift.init_params
-    return {
-        name: module.param(name, lambda key, n=name: init(key, kind, shape, weight_bits, dtype)[n])
+    params = {
+        name: module.param(
+            name,
+            lambda key, n=name: shift.init_params(key, kind, shape, bits, module.param_dtype)[n],
+        )
         for name in names
     }
+    weight = shift.effective_weight(params, kind, bits, threshold)
+    (inputs,) = nn.dtypes.promote_dtype(inputs, dtype=module.dtype)
+    key = None
+    if module.quant_bits > 0 and module.has_rng("shift"):
+        key = module.make_rng("shift")
+    return inputs, weight, key
 
 
 class ShiftConv(nn.Module):
@@ -310,13 +315,9 @@ class ShiftConv(nn.Module):
         kernel_size, strides, padding = layer_core.conv_args(
             self.kernel_size, self.strides, self.padding
         )
-        shift.check_layer_args(self.kind, self.weight_bits, self.sign_threshold, self.quant_bits)
         layer_core.check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
         shape = kernel_size + (jnp.shape(inputs)[-1], self.features)
-        params = _shift_params(self, inputs, self.kind, shape, self.weight_bits, self.param_dtype)
-        weight = shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
-        (inputs,) = nn.dtypes.promote_dtype(inputs, dtype=self.dtype)
-        key = _shift_key(self, self.quant_bits)
+        inputs, weight, key = _shift_weight(self, inputs, shape)
         return layer_core.batched_conv(
             lambda x: shift.shift_conv(
                 x, weight, strides, padding, quant_bits=self.quant_bits, key=key
@@ -345,11 +346,6 @@ class ShiftDense(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array) -> Array:
         """``(..., din)`` -> ``(..., features)``."""
-        shift.check_layer_args(self.kind, self.weight_bits, self.sign_threshold, self.quant_bits)
         layer_core.check_inputs(inputs, 1, "(..., din)")
-        shape = (jnp.shape(inputs)[-1], self.features)
-        params = _shift_params(self, inputs, self.kind, shape, self.weight_bits, self.param_dtype)
-        weight = shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
-        (inputs,) = nn.dtypes.promote_dtype(inputs, dtype=self.dtype)
-        key = _shift_key(self, self.quant_bits)
+        inputs, weight, key = _shift_weight(self, inputs, (jnp.shape(inputs)[-1], self.features))
         return shift.shift_dense(inputs, weight, quant_bits=self.quant_bits, key=key)

@@ -281,8 +281,7 @@ class _ShiftLayer(nnx.Module):
     def _init_shift(self, shape, kind, weight_bits, sign_threshold, quant_bits, dtype,
                     param_dtype, rngs):  # fmt: skip
         shift.check_layer_args(kind, weight_bits, sign_threshold, quant_bits)
-        names = ("shift", "sign") if kind == "ps" else ("shift_weight",)
-        for name in names:  # each latent from its own key, as `adderjax.nn`'s
+        for name in shift.LATENTS[kind]:  # each latent from its own key, as `adderjax.nn`'s
             value = shift.init_params(rngs.params(), kind, shape, weight_bits, param_dtype)[name]
             setattr(self, name, nnx.Param(value))
         self.kind = kind
@@ -293,8 +292,7 @@ class _ShiftLayer(nnx.Module):
         self.param_dtype = param_dtype
 
     def _weight(self):
-        names = ("shift", "sign") if self.kind == "ps" else ("shift_weight",)
-        params = {name: getattr(self, name)[...] for name in names}
+        params = {name: getattr(self, name)[...] for name in shift.LATENTS[self.kind]}
         return shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
 
 

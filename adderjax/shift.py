@@ -42,6 +42,7 @@ __all__ = [
     "effective_weight",
     "fixed_point",
     "init_params",
+    "latent_kind",
     "project_latents",
     "ps_weight",
     "q_weight",
@@ -54,6 +55,8 @@ __all__ = [
 ]
 
 KINDS = ("ps", "q")
+# A shift layer's latents, by kind: how layers name them and how a parameter tree shows them.
+LATENTS = {"ps": ("shift", "sign"), "q": ("shift_weight",)}
 LN2 = math.log(2.0)
 
 
@@ -99,6 +102,22 @@ def _fixed_point_bwd(fraction_bits, _, g):
 
 
 fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
+def latent_kind(tree: Any) -> str | None:
+    """The kind of shift layer whose latents `tree` (a mapping) holds, or None."""
+    if isinstance(tree, Mapping):
+        for kind, names in LATENTS.items():
+            if all(name in tree for name in names):
+                return kind
+    return None
+
+
+def _clip_magnitude(weight: jax.Array, weight_bits: int) -> jax.Array:
+    """|w| clipped to DeepShift-Q's [2^low, 1] (`ste.clampabs`; zero becomes 2^low here, its
+    callers keep it zero)."""
+    low, high = shift_range(weight_bits, "q")
+    return jnp.clip(jnp.abs(weight), 2.0**low, 2.0**high)
 
 
 def _power_of_two(exponent: jax.Array) -> jax.Array:
@@ -159,8 +178,7 @@ def q_weight(weight: jax.Array, weight_bits: int = 5) -> jax.Array:
     zero stays zero, as `ste.clampabs` leaves it), then sign(w) * 2^round(log2 |w|); the
     gradient straight through."""
     weight = jnp.asarray(weight)
-    low, high = shift_range(weight_bits, "q")
-    magnitude = jnp.clip(jnp.abs(weight), 2.0**low, 2.0**high)
+    magnitude = _clip_magnitude(weight, weight_bits)
     shift = jnp.round(jnp.log(magnitude) / LN2)  # utils.get_shift_and_sign: log(|w|) / log(2)
     return jnp.where(weight == 0, jnp.zeros_like(weight), jnp.sign(weight) * _power_of_two(shift))
 
@@ -213,12 +231,9 @@ def shift_weights(
     def walk(tree, path):
         if not isinstance(tree, Mapping):
             return
-        if "shift" in tree and "sign" in tree:
-            out["/".join(path)] = ps_weight(
-                tree["shift"], tree["sign"], weight_bits, sign_threshold
-            )
-        elif "shift_weight" in tree:
-            out["/".join(path)] = q_weight(tree["shift_weight"], weight_bits)
+        kind = latent_kind(tree)
+        if kind is not None:
+            out["/".join(path)] = effective_weight(tree, kind, weight_bits, sign_threshold)
         for key, sub in tree.items():
             walk(sub, (*path, str(key)))
 
@@ -247,14 +262,13 @@ def init_params(key: jax.Array, kind: str, shape, weight_bits: int, dtype=jnp.fl
     shift uniform over `shift_range` and sign uniform over [-1, 1] (modules.py:285-287); Q's
     weight as `torch.nn.init.kaiming_uniform_(a=sqrt(5))`, uniform over +-1/sqrt(fan_in) with
     fan_in all but the last axis of `shape` (modules_q.py:244)."""
+    low, high = shift_range(weight_bits, kind)
     if kind == "ps":
-        low, high = shift_range(weight_bits, "ps")
         k_shift, k_sign = jax.random.split(key)
         return {
             "shift": jax.random.uniform(k_shift, shape, dtype, low, high),
             "sign": jax.random.uniform(k_sign, shape, dtype, -1.0, 1.0),
         }
-    shift_range(weight_bits, kind)
     bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
     return {"shift_weight": jax.random.uniform(key, shape, dtype, -bound, bound)}
 
@@ -305,19 +319,19 @@ def project_latents(
     "shift_weight" with |w| clipped to [2^low, 1], zero kept (`ste.clampabs`, modules_q.py:118).
     Applied after each optimizer update, the next step starts where theirs does."""
     low, high = shift_range(weight_bits, "ps")
-    q_low, q_high = shift_range(weight_bits, "q")
 
     def project(tree):
         if not isinstance(tree, Mapping):
             return tree
         out = {key: project(sub) for key, sub in tree.items()}
-        if "shift" in tree and "sign" in tree:
+        kind = latent_kind(tree)
+        if kind == "ps":
             out["shift"] = jnp.clip(tree["shift"], low, high)
             if sign_threshold is not None:
                 out["sign"] = _ternary_sign(tree["sign"], sign_threshold)
-        elif "shift_weight" in tree:
+        elif kind == "q":
             w = tree["shift_weight"]
-            magnitude = jnp.clip(jnp.abs(w), 2.0**q_low, 2.0**q_high)
+            magnitude = _clip_magnitude(w, weight_bits)
             out["shift_weight"] = jnp.where(w == 0, w, jnp.sign(w) * magnitude).astype(w.dtype)
         return type(tree)(out) if not isinstance(tree, dict) else out
 
