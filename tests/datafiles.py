@@ -15,7 +15,7 @@ import numpy as np
 
 __all__ = [
     "fake_split",
-    "lenet_config",
+    "small_config",
     "write_cifar10_dir",
     "write_cifar100_dir",
     "write_idx",
@@ -201,14 +201,15 @@ def write_tfds_array_record(
     return directory
 
 
-def lenet_config(data_dir, **overrides):
-    """The LeNet-5-BN Fashion-MNIST config (`train/configs/mnist.py`) made small for files
-    written by `write_idx_dir`: batch 16, evaluation batches of 8, 3 epochs, a log line
-    every step, no progress bar and no plots."""
-    from train.configs import mnist
+def small_config(data_dir, base=None, **overrides):
+    """A training config (`base`, a module of `train/configs/`; LeNet-5-BN Fashion-MNIST's by
+    default) made small for files written here: batch 16, evaluation batches of 8, 3 epochs,
+    a log line every step, no progress bar and no plots; ``data_dir`` None keeps the base's."""
+    if base is None:
+        from train.configs import mnist as base
 
-    config = mnist.get_config()
-    config.data_dir = str(data_dir)
+    config = base.get_config()
+    config.data_dir = None if data_dir is None else str(data_dir)
     config.batch_size = 16
     config.eval_batch_size = 8
     config.num_epochs = 3

@@ -15,17 +15,9 @@ from train.configs import cifar10, mnist
 
 
 def _config(data_dir, base=mnist, **overrides):
-    config = base.get_config()
-    config.data_dir = None if data_dir is None else str(data_dir)
-    config.batch_size = 16
-    config.eval_batch_size = 8
-    config.num_epochs = 2
-    config.log_every_steps = 1
-    config.progress_bar = False
-    config.plots = False
-    config.distill = "pkkd"
-    config.update(overrides)
-    return config
+    return datafiles.small_config(
+        data_dir, base, **{"num_epochs": 2, "distill": "pkkd", **overrides}
+    )
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ def idx_dir(tmp_path_factory):
 
 def test_matches_training_eval(idx_dir, tmp_path):
     result = trainer.run(
-        datafiles.lenet_config(idx_dir, num_train_steps=4), tmp_path, tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=4), tmp_path, tasks.classification
     )
     again = train_eval.evaluate_checkpoint(str(tmp_path))
     assert again["top1"] == result["top1"] and again["count"] == 20
@@ -34,7 +34,7 @@ def test_matches_training_eval(idx_dir, tmp_path):
 def test_reads_only_the_test_split(idx_dir, tmp_path):
     """A workdir evaluated where only the test files are: the model, the p it trained with
     (from the steps per epoch stored in the checkpoint) and the result are the training's."""
-    config = datafiles.lenet_config(
+    config = datafiles.small_config(
         idx_dir, num_train_steps=4, p_init=2.0, p_final=1.0, p_decay_epochs=2
     )
     result = trainer.run(config, tmp_path / "w", tasks.classification)
@@ -51,4 +51,4 @@ def test_reads_only_the_test_split(idx_dir, tmp_path):
     assert meta["steps_per_epoch"] == 4
     assert train_eval.checkpoint_p(config, 4, meta) == 2.0
     with pytest.raises(Exception, match="train"):  # the training split would be needed
-        trainer.run(datafiles.lenet_config(test_only), tmp_path / "fresh", tasks.classification)
+        trainer.run(datafiles.small_config(test_only), tmp_path / "fresh", tasks.classification)

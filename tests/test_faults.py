@@ -18,7 +18,6 @@ import pytest
 from conftest import CACHE_DIR
 
 from train import checkpointing, config_checks, loop, tasks, trainer
-from train.configs import mnist
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # 96 images in batches of 16: 6 steps an epoch, 2 epochs.
@@ -31,20 +30,8 @@ def data(tmp_path_factory):
 
 
 def _config(data, **overrides):
-    config = mnist.get_config()
-    config.update(
-        data_dir=str(data),
-        batch_size=16,
-        eval_batch_size=8,
-        num_epochs=2,
-        log_every_steps=1,
-        checkpoint_every_steps=1,
-        keep_checkpoints=3,
-        progress_bar=False,
-        plots=False,
-    )
-    config.update(overrides)
-    return config
+    defaults = {"num_epochs": 2, "checkpoint_every_steps": 1, "keep_checkpoints": 3}
+    return datafiles.small_config(data, **{**defaults, **overrides})
 
 
 def _cli_args(data, workdir):

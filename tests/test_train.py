@@ -30,15 +30,15 @@ def test_resume_continues_exactly(idx_dir, tmp_path):
     """A run stopped after step 3 (mid-epoch) and restarted ends with the same parameters,
     batch statistics and optimizer state as an uninterrupted run: data order included."""
     straight = trainer.run(
-        datafiles.lenet_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.classification
     )
     first = trainer.run(
-        datafiles.lenet_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.classification
     )
     assert first["step"] == 3
     assert checkpointing.manager(tmp_path / "b" / "checkpoints").all_steps() == [3]
     resumed = trainer.run(
-        datafiles.lenet_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.classification
     )
     assert resumed["step"] == straight["step"] == 6
     step_a, state_a = _final_params(tmp_path / "a")
@@ -56,7 +56,7 @@ def test_resume_continues_exactly(idx_dir, tmp_path):
 
 
 def test_resume_at_the_end_does_nothing_new(idx_dir, tmp_path):
-    config = datafiles.lenet_config(idx_dir, num_train_steps=2)
+    config = datafiles.small_config(idx_dir, num_train_steps=2)
     first = trainer.run(config, tmp_path, tasks.classification)
     again = trainer.run(config, tmp_path, tasks.classification)
     assert again == first
@@ -73,7 +73,7 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
     monkeypatch.setattr(classification, "train_step", counting_step)
     # 32 images, batch 16: 2 steps per epoch; p = 2 -> 1 over 2 epochs, then 1.
     data = datafiles.write_idx_dir(tmp_path / "data", num_train=32, num_test=8)
-    config = datafiles.lenet_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
+    config = datafiles.small_config(data, p_init=2.0, p_final=1.0, p_decay_epochs=2)
     trainer.run(config, tmp_path / "w", tasks.classification)
     logged = [m for m in map(json.loads, open(tmp_path / "w" / "metrics.jsonl"))]
     p_by_step = {m["step"]: m["p"] for m in logged if m["split"] == "train"}
@@ -82,7 +82,7 @@ def test_lp_schedule_reaches_the_step_without_recompiling(idx_dir, tmp_path, mon
 
 
 def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
-    config = datafiles.lenet_config(idx_dir, num_epochs=5, keep_checkpoints=2)
+    config = datafiles.small_config(idx_dir, num_epochs=5, keep_checkpoints=2)
     trainer.run(config, tmp_path, tasks.classification)
     mngr = checkpointing.manager(tmp_path / "checkpoints", read_only=True)
     steps = mngr.all_steps()
@@ -95,7 +95,7 @@ def test_checkpoints_keep_latest_and_best(idx_dir, tmp_path):
 
 
 def test_outputs_written(idx_dir, tmp_path):
-    config = datafiles.lenet_config(idx_dir, num_train_steps=4, plots=True)
+    config = datafiles.small_config(idx_dir, num_train_steps=4, plots=True)
     trainer.run(config, tmp_path, tasks.classification)
     for name in ("curves.png", "weights.png", "results.json", "metrics.jsonl"):
         assert (tmp_path / name).stat().st_size > 0, name
@@ -107,7 +107,7 @@ def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
     # The CNN of the same architecture and the run without the adaptive learning rate.
     for name, overrides in (("cnn", {"adder": False}), ("noadaptive", {"adaptive_lr": False})):
         result = trainer.run(
-            datafiles.lenet_config(idx_dir, num_train_steps=2, **overrides),
+            datafiles.small_config(idx_dir, num_train_steps=2, **overrides),
             tmp_path / name,
             tasks.classification,
         )
@@ -116,7 +116,7 @@ def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
 
 def test_batch_larger_than_the_dataset(idx_dir, tmp_path):
     with pytest.raises(config_checks.ConfigError, match="larger than the 64 training examples"):
-        trainer.run(datafiles.lenet_config(idx_dir, batch_size=128), tmp_path, tasks.classification)
+        trainer.run(datafiles.small_config(idx_dir, batch_size=128), tmp_path, tasks.classification)
 
 
 def test_fsdp_spec_splits_the_largest_divisible_axis():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from train import checkpointing, config_checks, loop, tasks, trainer
-from train.configs import default, mnist
+from train.configs import default
 from train.data import pipeline, sources
 
 
@@ -92,15 +92,9 @@ def test_a_workdir_from_before_the_trainer_resumes(tmp_path, monkeypatch, caplog
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "w"
     shutil.copytree(OLD_WORKDIR, workdir)
-    config = mnist.get_config()
-    config.update(
-        data_dir=datafiles.write_idx_dir("idx", num_train=32, num_test=8),
-        batch_size=16,
-        eval_batch_size=8,
+    config = datafiles.small_config(
+        datafiles.write_idx_dir("idx", num_train=32, num_test=8),
         num_train_steps=2,
-        log_every_steps=1,
-        progress_bar=False,
-        plots=False,
         keep_checkpoints=1,
         worker_count=0,
         implementation="xla",
@@ -119,7 +113,7 @@ def test_a_workdir_resumed_over_other_data_is_refused_not_set_aside(tmp_path, mo
     monkeypatch.chdir(tmp_path)
     workdir = tmp_path / "w"
     shutil.copytree(OLD_WORKDIR, workdir)
-    config = datafiles.lenet_config(
+    config = datafiles.small_config(
         datafiles.write_idx_dir(tmp_path / "elsewhere", num_train=32, num_test=8),
         num_train_steps=2,
         keep_checkpoints=1,
