@@ -1,11 +1,17 @@
 """The AdderNet model zoo in Flax linen: the paper's LeNet-5-BN, CIFAR ResNet-20/32, VGG-small
-and ImageNet ResNet-18/50, each as an AdderNet (``adder=True``) or as the CNN of the same
-architecture (``adder=False``).
+and ImageNet ResNet-18/50, each with one kind of layer (``layer=``, `LAYERS`): "adder" (the
+AdderNet), "conv" (the CNN of the same architecture), "shift" (DeepShift: every conv and
+dense layer a bit-shift layer, `adderjax.nn.ShiftConv`) or "shiftadd" (ShiftAddNet: each inner
+layer a shift layer then an adder layer, `ShiftAddConv`; the first conv and the classifier
+shift layers).
 
 The networks follow the authors' PyTorch reference (huawei-noah/AdderNet ``resnet20.py`` and
 ``resnet50.py``) layer by layer: explicit PyTorch paddings, the first convolution and the
-classifier kept multiplicative, and submodule names that map a PyTorch state-dict key
-mechanically (``layer1.0.downsample.0.adder`` is ``layer1_0/downsample_0/adder`` here).
+classifier kept multiplicative in the AdderNet, and submodule names that map a PyTorch
+state-dict key mechanically (``layer1.0.downsample.0.adder`` is
+``layer1_0/downsample_0/adder`` here). ShiftAddNet's ResNet-20 is their
+``models/resnet20_shiftadd.py`` (GATECH-EIC/ShiftAddNet) with every ``nn.Conv2d`` a shift
+layer, as their ``convert_to_shift`` leaves it.
 
 Example:
   >>> import jax, jax.numpy as jnp
@@ -17,10 +23,16 @@ Example:
   (1, 1, 16, 32)
   >>> jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x).shape
   (2, 10)
+  >>> shiftadd = models.get_model("resnet20", num_classes=10, layer="shiftadd")
+  >>> variables = jax.eval_shape(lambda x: shiftadd.init(jax.random.key(0), x, train=False), x)
+  >>> sorted(variables["params"]["layer1_0"]["conv1"])
+  ['add', 'shift']
 
 References:
   Chen et al., AdderNet: Do We Really Need Multiplications in Deep Learning? CVPR 2020,
   https://arxiv.org/abs/1912.13200
+  You et al., ShiftAddNet: A Hardware-Inspired Deep Network, NeurIPS 2020,
+  https://arxiv.org/abs/2010.12785
 """
 
 from __future__ import annotations
@@ -34,9 +46,11 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from adderjax.batch_norm import BatchNorm
-from adderjax.nn import AdderConv, AdderDense
+from adderjax.nn import AdderConv, AdderDense, ShiftConv, ShiftDense
+from adderjax.shift import ShiftOptions
 
 __all__ = [
+    "LAYERS",
     "MODELS",
     "STAGE_OUTPUTS",
     "VGG",
@@ -48,7 +62,10 @@ __all__ = [
     "ResNet20",
     "ResNet32",
     "ResNet50",
+    "ShiftAddConv",
+    "ShiftAddDense",
     "VGGSmall",
+    "check_layer",
     "get_model",
 ]
 
@@ -77,31 +94,130 @@ class _Dense(nn.Dense):
         return super().__call__(inputs)
 
 
+LAYERS = ("conv", "adder", "shift", "shiftadd")
+
+
+def check_layer(layer: str) -> None:
+    """One-line error for a layer kind not in `LAYERS`."""
+    if layer not in LAYERS:
+        raise ValueError(f"layer={layer!r} is not one of {', '.join(map(repr, LAYERS))}")
+
+
+class _ShiftConv(ShiftConv):
+    """`ShiftConv` that accepts and ignores ``p`` (see `_Conv`)."""
+
+    def __call__(self, inputs: Array, *, p: P = None) -> Array:
+        del p
+        return super().__call__(inputs)
+
+
+class _ShiftDense(ShiftDense):
+    """`ShiftDense` that accepts and ignores ``p`` (see `_Conv`)."""
+
+    def __call__(self, inputs: Array, *, p: P = None) -> Array:
+        del p
+        return super().__call__(inputs)
+
+
+class ShiftAddConv(nn.Module):
+    """ShiftAddNet's layer (``resnet20_shiftadd.py``: ``conv3x3`` and the downsample): a shift
+    conv (input -> ``features``, with the stride) then an adder conv (``features`` ->
+    ``features``, stride 1, same size), no batch norm between.
+
+    Attributes:
+      features: output channels of both.
+      kernel_size: of both (theirs: 3x3, and 1x1 in the downsample).
+      shift_conv, adder_conv: the two layers' classes (`ShiftConv`, `AdderConv` with options).
+      strides: the shift conv's.
+      padding: the shift conv's; the adder conv pads to keep the size ("SAME", as their 3x3
+        padding 1 and 1x1 padding 0 do).
+    """
+
+    features: int
+    kernel_size: Sequence[int]
+    shift_conv: ModuleDef
+    adder_conv: ModuleDef
+    strides: int | Sequence[int] = 1
+    padding: Any = "SAME"
+
+    @nn.compact
+    def __call__(self, x: Array, *, p: P = None) -> Array:
+        x = self.shift_conv(
+            self.features,
+            self.kernel_size,
+            strides=self.strides,
+            padding=self.padding,
+            name="shift",
+        )(x)
+        return self.adder_conv(self.features, self.kernel_size, padding="SAME", name="add")(x, p=p)
+
+
+class ShiftAddDense(nn.Module):
+    """`ShiftAddConv` for dense layers: a shift dense then an adder dense, both to ``features``.
+
+    Attributes: ``features``, and ``shift_dense``, ``adder_dense`` (the layers' classes).
+    """
+
+    features: int
+    shift_dense: ModuleDef
+    adder_dense: ModuleDef
+
+    @nn.compact
+    def __call__(self, x: Array, *, p: P = None) -> Array:
+        x = self.shift_dense(self.features, name="shift")(x)
+        return self.adder_dense(self.features, name="add")(x, p=p)
+
+
+def _shift_layers(model: nn.Module) -> tuple[ModuleDef, ModuleDef]:
+    kw = dict(dtype=model.dtype, **model.shift_options.layer_kwargs())
+    return partial(_ShiftConv, **kw), partial(_ShiftDense, **kw)
+
+
 def _layers(model: nn.Module) -> tuple[ModuleDef, ModuleDef]:
-    """The (conv, dense) of ``model``'s inner layers: the one place an AdderNet and its CNN differ.
+    """The (conv, dense) of ``model``'s inner layers: where the layer kinds differ.
 
     Both are called as ``layer(x, p=p)``. The inner layers have no bias, as in the reference;
-    the adder filters keep `AdderConv`'s N(0, 1) init, the CNN's convs the reference's kaiming.
+    the adder filters keep `AdderConv`'s N(0, 1) init, the CNN's convs the reference's kaiming,
+    the shift latents their DeepShift init (`adderjax.shift`).
     """
-    if model.adder:
-        kw = dict(
-            use_bias=False,
-            dtype=model.dtype,
-            input_grad=model.input_grad,
-            filter_grad=model.filter_grad,
-            implementation=model.implementation,
-            interpret=model.interpret,
+    check_layer(model.layer)
+    if model.layer == "conv":
+        return (
+            partial(_Conv, use_bias=False, dtype=model.dtype, kernel_init=_KAIMING_FAN_OUT),
+            partial(_Dense, use_bias=False, dtype=model.dtype),
         )
-        return partial(AdderConv, **kw), partial(AdderDense, **kw)
+    if model.layer == "shift":
+        return _shift_layers(model)
+    kw = dict(
+        use_bias=False,
+        dtype=model.dtype,
+        input_grad=model.input_grad,
+        filter_grad=model.filter_grad,
+        implementation=model.implementation,
+        interpret=model.interpret,
+    )
+    adder_conv, adder_dense = partial(AdderConv, **kw), partial(AdderDense, **kw)
+    if model.layer == "adder":
+        return adder_conv, adder_dense
+    shift_conv, shift_dense = _shift_layers(model)
     return (
-        partial(_Conv, use_bias=False, dtype=model.dtype, kernel_init=_KAIMING_FAN_OUT),
-        partial(_Dense, use_bias=False, dtype=model.dtype),
+        partial(ShiftAddConv, shift_conv=shift_conv, adder_conv=adder_conv),
+        partial(ShiftAddDense, shift_dense=shift_dense, adder_dense=adder_dense),
     )
 
 
-def _full_precision_conv(model: nn.Module) -> ModuleDef:
-    """The first conv (and the ResNet classifier), multiplicative in both variants (the paper)."""
-    return partial(nn.Conv, use_bias=False, dtype=model.dtype, kernel_init=_KAIMING_FAN_OUT)
+def _outer_layers(model: nn.Module) -> tuple[ModuleDef, ModuleDef]:
+    """The (conv, dense) of the first conv and the classifier: multiplicative in the CNN and
+    the AdderNet (the paper), shift layers in DeepShift and ShiftAddNet (their
+    `convert_to_shift` converts every conv and linear layer). Called as ``layer(features,
+    ..., use_bias=...)``."""
+    check_layer(model.layer)
+    if model.layer in ("shift", "shiftadd"):
+        return _shift_layers(model)
+    return (
+        partial(nn.Conv, use_bias=False, dtype=model.dtype, kernel_init=_KAIMING_FAN_OUT),
+        partial(nn.Dense, dtype=model.dtype),
+    )
 
 
 def _norm(model: nn.Module, train: bool) -> ModuleDef:
@@ -188,8 +304,8 @@ class ResNet(nn.Module):
     """ResNet of the AdderNet reference, for CIFAR (``resnet20.py``) or ImageNet (``resnet50.py``).
 
     The stem conv and the classifier ``fc`` (a 1x1 conv on the pooled map, followed by the
-    reference's ``bn2`` batch norm on the logits) are multiplicative in both variants; every
-    other conv is an `AdderConv` when ``adder``.
+    reference's ``bn2`` batch norm on the logits) are multiplicative in the CNN and the
+    AdderNet and shift layers in the other two; every other conv is of ``layer``'s kind.
 
     Attributes:
       num_classes: number of logits.
@@ -200,7 +316,9 @@ class ResNet(nn.Module):
       stem: "imagenet" (7x7 stride 2, BN, ReLU, 3x3 stride-2 max pool) or "cifar" (3x3, BN,
         ReLU).
       fc_bias: whether the classifier conv has a bias (the reference: ImageNet yes, CIFAR no).
-      adder: AdderNet (True) or the CNN of the same architecture (False).
+      layer: one of `LAYERS`: "adder" (AdderNet), "conv" (the CNN of the same architecture),
+        "shift" (DeepShift) or "shiftadd" (ShiftAddNet).
+      shift_options: the shift layers' (`adderjax.shift.ShiftOptions`).
       dtype: the computation dtype; parameters are float32 and the logits are cast to float32.
       input_grad, filter_grad, implementation, interpret: passed to every adder layer.
     """
@@ -211,7 +329,8 @@ class ResNet(nn.Module):
     num_filters: int = 64
     stem: str = "imagenet"
     fc_bias: bool = True
-    adder: bool = True
+    layer: str = "adder"
+    shift_options: ShiftOptions = ShiftOptions()
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
     filter_grad: str = "full_precision"
@@ -223,7 +342,7 @@ class ResNet(nn.Module):
         """Logits ``(N, num_classes)`` of NHWC images; ``p`` goes to every adder layer."""
         conv, _ = _layers(self)
         norm = _norm(self, train)
-        fp_conv = _full_precision_conv(self)
+        fp_conv, _ = _outer_layers(self)
         if self.stem == "imagenet":
             x = fp_conv(self.num_filters, (7, 7), strides=(2, 2), padding=3, name="conv1")(x)
             x = nn.relu(norm(name="bn1")(x))
@@ -253,13 +372,15 @@ class VGG(nn.Module):
     """VGG of 3x3 convs, each followed by BN and ReLU, a 2x2 max pool after each stage, then
     a dense classifier: the LQ-Nets VGG-small the AdderNet paper uses on CIFAR.
 
-    The first conv and ``fc`` are multiplicative in both variants. The convs are named
+    The first conv and ``fc`` are multiplicative in the CNN and the AdderNet, shift layers in
+    the other two. The convs are named
     ``conv1, conv2, ...`` and their batch norms ``bn1, bn2, ...`` in order.
 
     Attributes:
       num_classes: number of logits.
       stages: output channels of each conv, per stage.
-      adder, dtype, input_grad, filter_grad, implementation, interpret: as in `ResNet`.
+      layer, shift_options, dtype, input_grad, filter_grad, implementation, interpret: as in
+        `ResNet`.
 
     References:
       Zhang et al., LQ-Nets, ECCV 2018, https://arxiv.org/abs/1807.10029
@@ -267,7 +388,8 @@ class VGG(nn.Module):
 
     num_classes: int
     stages: Sequence[Sequence[int]]
-    adder: bool = True
+    layer: str = "adder"
+    shift_options: ShiftOptions = ShiftOptions()
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
     filter_grad: str = "full_precision"
@@ -284,23 +406,24 @@ class VGG(nn.Module):
             for features in stage:
                 n += 1
                 if n == 1:
-                    x = _full_precision_conv(self)(features, (3, 3), padding=1, name="conv1")(x)
+                    x = _outer_layers(self)[0](features, (3, 3), padding=1, name="conv1")(x)
                 else:
                     x = conv(features, (3, 3), padding=1, name=f"conv{n}")(x, p=p)
                 x = nn.relu(norm(name=f"bn{n}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc")(_flatten_chw(x))
+        x = _outer_layers(self)[1](self.num_classes, name="fc", use_bias=True)(_flatten_chw(x))
         return x.astype(jnp.float32)
 
 
 class LeNet5BN(nn.Module):
     """LeNet-5 with batch norm after every layer but the last, the AdderNet paper's MNIST net.
 
-    conv1 5x5x6 (padding 2, multiplicative), conv2 5x5x16, fc1 120, fc2 84 (adders when
-    ``adder``, no bias), each followed by BN and ReLU, with 2x2 max pools after the convs; fc3
-    to ``num_classes`` is multiplicative with a bias. Inputs are 28x28x1.
+    conv1 5x5x6 (padding 2, multiplicative), conv2 5x5x16, fc1 120, fc2 84 (of ``layer``'s
+    kind, no bias), each followed by BN and ReLU, with 2x2 max pools after the convs; fc3
+    to ``num_classes`` is multiplicative with a bias. conv1 and fc3 are shift layers in the
+    "shift" and "shiftadd" networks. Inputs are 28x28x1.
 
-    With ``bottleneck=d`` a layer ``features`` of width d (an adder layer when ``adder``, no
+    With ``bottleneck=d`` a layer ``features`` of width d (of ``layer``'s kind, no
     bias, no ReLU) and its BN ``bn5`` come between fc2 and fc3: the LeNet++-style 2-d or 3-d
     features the paper plots (Figure 1) are the output of ``features``, before ``bn5``;
     ``"lenetpp"`` in `MODELS` is ``bottleneck=3``. The BN is what lets the AdderNet train: an
@@ -313,7 +436,8 @@ class LeNet5BN(nn.Module):
 
     num_classes: int
     bottleneck: int | None = None
-    adder: bool = True
+    layer: str = "adder"
+    shift_options: ShiftOptions = ShiftOptions()
     dtype: Dtype = jnp.float32
     input_grad: str = "hardtanh"
     filter_grad: str = "full_precision"
@@ -324,8 +448,9 @@ class LeNet5BN(nn.Module):
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:
         """Logits ``(N, num_classes)`` of NHWC images; ``p`` goes to every adder layer."""
         conv, dense = _layers(self)
+        outer_conv, outer_dense = _outer_layers(self)
         norm = _norm(self, train)
-        x = _full_precision_conv(self)(6, (5, 5), padding=2, name="conv1")(x)
+        x = outer_conv(6, (5, 5), padding=2, name="conv1")(x)
         x = nn.max_pool(nn.relu(norm(name="bn1")(x)), (2, 2), strides=(2, 2))
         x = conv(16, (5, 5), padding=0, name="conv2")(x, p=p)
         x = nn.max_pool(nn.relu(norm(name="bn2")(x)), (2, 2), strides=(2, 2))
@@ -334,7 +459,7 @@ class LeNet5BN(nn.Module):
         x = nn.relu(norm(name="bn4")(dense(84, name="fc2")(x, p=p)))
         if self.bottleneck is not None:
             x = norm(name="bn5")(dense(self.bottleneck, name="features")(x, p=p))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, name="fc3")(x)
+        x = outer_dense(self.num_classes, use_bias=True, name="fc3")(x)
         return x.astype(jnp.float32)
 
 
@@ -380,11 +505,13 @@ STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
 
 
 def get_model(name: str, **kwargs) -> nn.Module:
-    """The model registered as ``name`` in `MODELS`, built with ``kwargs`` (e.g. num_classes).
+    """The model registered as ``name`` in `MODELS`, built with ``kwargs`` (e.g. num_classes,
+    ``layer=`` one of `LAYERS`).
 
     Raises:
-      ValueError: for a name not in `MODELS`.
+      ValueError: for a name not in `MODELS` or a ``layer`` not in `LAYERS`.
     """
     if name not in MODELS:
         raise ValueError(f"unknown model name={name!r}; known models: {', '.join(MODELS)}")
+    check_layer(kwargs.get("layer", "adder"))
     return MODELS[name](**kwargs)

@@ -232,30 +232,45 @@ class AdderDense(nn.Module):
 
 
 def _shift_weight(module: nn.Module, inputs, shape):
-    """A shift layer's (inputs, effective weight, gradient-quantiser key): its options checked,
-    its latents (`shift.init_params`, each from its own key), the input promoted, and the key
-    of `adderjax.shift.quantize_grad` from the "shift" rng stream when the caller gives one
-    (``apply(..., rngs={"shift": key})``; else None, no quantisation)."""
+    """A shift layer's (inputs, effective weight, gradient-quantiser key, bias): its options
+    checked, its latents (`shift.init_params`, or `shift.frozen_init_params` when frozen, each
+    from its own key), the input promoted, the key of `adderjax.shift.quantize_grad` from the
+    "shift" rng stream when the caller gives one (``apply(..., rngs={"shift": key})``; else
+    None, no quantisation), and the bias (or None)."""
     kind, bits, threshold = module.kind, module.weight_bits, module.sign_threshold
     shift.check_layer_args(kind, bits, threshold, module.quant_bits)
+    shift.check_frozen(module.frozen, kind, module.quant_bits)
     names = shift.LATENTS[kind]
     existing = _existing_shape(module, names[0])
     if existing is not None and len(existing) == len(shape):
         # Checked before `param` would raise flax's shape error: the input's channels.
         layer_core.check_in_features(inputs, existing[-2])
-    params = {
-        name: module.param(
-            name,
-            lambda key, n=name: shift.init_params(key, kind, shape, bits, module.param_dtype)[n],
-        )
-        for name in names
-    }
+
+    def init(key, name):
+        if module.frozen:
+            return shift.frozen_init_params(key, shape, module.param_dtype)[name]
+        return shift.init_params(key, kind, shape, bits, module.param_dtype)[name]
+
+    params = {name: module.param(name, init, name) for name in names}
+    if module.frozen:  # never trained: no gradient reaches the latents
+        params = jax.tree.map(jax.lax.stop_gradient, params)
     weight = shift.effective_weight(params, kind, bits, threshold)
+    bias = None
+    if module.use_bias:
+        bias = module.param("bias", nn.initializers.zeros_init(), (shape[-1],), module.param_dtype)
     (inputs,) = nn.dtypes.promote_dtype(inputs, dtype=module.dtype)
     key = None
-    if module.quant_bits > 0 and module.has_rng("shift"):
+    if module.quant_bits > 0 and not module.frozen and module.has_rng("shift"):
         key = module.make_rng("shift")
-    return inputs, weight, key
+    return inputs, weight, key, bias
+
+
+def _shift_bias(y, bias, quant_bits):
+    """The bias as theirs meant it, rounded to fixed point (`ste.round_fixed_point(self.bias,
+    quant_bits)`, a call that lacks its argument in their code) and added."""
+    if bias is None:
+        return y
+    return y + shift.fixed_point(bias, quant_bits).astype(y.dtype)
 
 
 class ShiftConv(nn.Module):
@@ -281,11 +296,14 @@ class ShiftConv(nn.Module):
       sign_threshold: None, or their ``--sign_threshold_ps`` (PS only).
       quant_bits: their ``--shift_quant_bits`` (16); 0 rounds the input to integers and
         leaves the gradient alone, as their code does.
+      frozen: their ``train_fix.py`` variant (PS only): latents drawn by
+        `adderjax.shift.frozen_init_params` and never trained, the input rounded to nearest
+        (`adderjax.shift.round_act`), the output gradient left alone.
+      use_bias: add a bias (zeros init), rounded to ``quant_bits`` fraction bits as their
+        ``round_fixed_point(self.bias)`` means to (that call lacks its argument in their
+        code, so their biased shift layers cannot run; their networks have no bias).
       dtype: the dtype of the computation (default: inferred from inputs and params).
       param_dtype: the dtype of the latents (default float32).
-
-    No bias: their shift layers' bias path cannot run (`ste.round_fixed_point(self.bias)`
-    lacks its `quant_bits`), and their networks have none.
 
     Example:
       >>> import jax, jax.numpy as jnp
@@ -306,6 +324,8 @@ class ShiftConv(nn.Module):
     weight_bits: int = 5
     sign_threshold: float | None = None
     quant_bits: int = 16
+    frozen: bool = False
+    use_bias: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -317,13 +337,20 @@ class ShiftConv(nn.Module):
         )
         layer_core.check_inputs(inputs, 3, "(*batch_dims, H, W, C)")
         shape = kernel_size + (jnp.shape(inputs)[-1], self.features)
-        inputs, weight, key = _shift_weight(self, inputs, shape)
-        return layer_core.batched_conv(
+        inputs, weight, key, bias = _shift_weight(self, inputs, shape)
+        y = layer_core.batched_conv(
             lambda x: shift.shift_conv(
-                x, weight, strides, padding, quant_bits=self.quant_bits, key=key
+                x,
+                weight,
+                strides,
+                padding,
+                quant_bits=self.quant_bits,
+                key=key,
+                frozen=self.frozen,
             ),
             inputs,
         )
+        return _shift_bias(y, bias, self.quant_bits)
 
 
 class ShiftDense(nn.Module):
@@ -331,8 +358,8 @@ class ShiftDense(nn.Module):
     `LinearShift` cannot run; their classifiers are 1x1 shift convolutions).
 
     Attributes: ``features`` and, as in `ShiftConv`, ``kind``, ``weight_bits``,
-    ``sign_threshold``, ``quant_bits``, ``dtype`` and ``param_dtype``. The latents have shape
-    ``(din, features)``.
+    ``sign_threshold``, ``quant_bits``, ``frozen``, ``use_bias``, ``dtype`` and
+    ``param_dtype``. The latents have shape ``(din, features)``.
     """
 
     features: int
@@ -340,6 +367,8 @@ class ShiftDense(nn.Module):
     weight_bits: int = 5
     sign_threshold: float | None = None
     quant_bits: int = 16
+    frozen: bool = False
+    use_bias: bool = False
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
 
@@ -347,5 +376,9 @@ class ShiftDense(nn.Module):
     def __call__(self, inputs: Array) -> Array:
         """``(..., din)`` -> ``(..., features)``."""
         layer_core.check_inputs(inputs, 1, "(..., din)")
-        inputs, weight, key = _shift_weight(self, inputs, (jnp.shape(inputs)[-1], self.features))
-        return shift.shift_dense(inputs, weight, quant_bits=self.quant_bits, key=key)
+        shape = (jnp.shape(inputs)[-1], self.features)
+        inputs, weight, key, bias = _shift_weight(self, inputs, shape)
+        y = shift.shift_dense(
+            inputs, weight, quant_bits=self.quant_bits, key=key, frozen=self.frozen
+        )
+        return _shift_bias(y, bias, self.quant_bits)

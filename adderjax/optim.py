@@ -30,14 +30,18 @@ from flax.core import meta
 
 __all__ = [
     "InvalidArgumentError",
+    "add_decayed_weights",
     "adder_mask",
     "adder_sgd",
     "check_sgd_arguments",
+    "decay_mask",
     "scale_by_adaptive_lr",
 ]
 
 # The attribute / dict key under which the adder layers (linen and NNX) store their filter.
 _ADDER_NAME = "adder"
+# DeepShift-PS's latents (`adderjax.shift.LATENTS["ps"]`), trained without weight decay.
+_NO_DECAY_NAMES = ("shift", "sign")
 
 
 def _is_box(x: Any) -> bool:
@@ -93,14 +97,67 @@ def adder_mask(params: Any) -> Any:
         <https://arxiv.org/abs/1912.13200>`_, CVPR 2020.
     """
 
+    return _mark_names(params, lambda name: name == _ADDER_NAME)
+
+
+def _mark_names(params: Any, test) -> Any:
+    """`params` with each leaf replaced by ``test(name)`` of its parameter's name (False for
+    unnamed leaves), boxes looked through as `adder_mask` does."""
+
     def mark(path, leaf):
         name = _key_name(path[-1]) if path else None
-        is_adder = isinstance(name, str) and name == _ADDER_NAME
+        marked = isinstance(name, str) and test(name)
         if _is_box(leaf):
-            return jax.tree.map(lambda _: is_adder, leaf)
-        return is_adder
+            return jax.tree.map(lambda _: marked, leaf)
+        return marked
 
     return jax.tree_util.tree_map_with_path(mark, params, is_leaf=_is_box)
+
+
+def decay_mask(params: Any) -> Any:
+    """Marks the parameters that get weight decay: all but DeepShift-PS's shift and sign
+    latents (leaves named ``shift`` and ``sign``), which ShiftAddNet's ``train.py`` (lines
+    232-246) puts in parameter groups of weight decay 0. A tree of Python bools like
+    `adder_mask`'s, for ``optax.add_decayed_weights(mask=...)``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adderjax import optim
+        >>> optim.decay_mask({'shift': jnp.zeros(2), 'sign': jnp.zeros(2), 'adder': jnp.zeros(2)})
+        {'adder': True, 'shift': False, 'sign': False}
+    """
+    return _mark_names(params, lambda name: name not in _NO_DECAY_NAMES)
+
+
+def add_decayed_weights(weight_decay: Any) -> optax.GradientTransformation:
+    """``optax.add_decayed_weights(weight_decay)`` on the leaves `decay_mask` marks: ``g + wd *
+    p`` for them, ``g`` for DeepShift-PS's latents. Its state is optax's unmasked one
+    (``EmptyState``), so checkpoints of models without shift layers keep their layout.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from adderjax import optim
+        >>> params = {'sign': jnp.ones(2), 'kernel': jnp.ones(2)}
+        >>> tx = optim.add_decayed_weights(0.5)
+        >>> updates, _ = tx.update(params, tx.init(params), params)
+        >>> print(updates['kernel'], updates['sign'])
+        [1.5 1.5] [1. 1.]
+    """
+
+    def update_fn(updates, state, params=None):
+        if params is None:
+            raise ValueError(
+                "add_decayed_weights needs params: call update(updates, state, params)"
+            )
+        leaves, treedef = jax.tree.flatten(updates)
+        marks = jax.tree.leaves(decay_mask(updates))
+        decayed = [
+            g + weight_decay * p if m else g
+            for g, p, m in zip(leaves, treedef.flatten_up_to(params), marks, strict=True)
+        ]
+        return jax.tree.unflatten(treedef, decayed), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 class InvalidArgumentError(ValueError):
@@ -271,7 +328,8 @@ def adder_sgd(
         p  -= lr * (d + momentum * buf if nesterov else buf)
 
     Weight decay is applied to every parameter (biases and normalisation scales
-    included), as PyTorch's ``weight_decay`` does.
+    included), as PyTorch's ``weight_decay`` does, except DeepShift-PS's shift and sign
+    latents (:func:`decay_mask`, as ShiftAddNet trains them).
 
     Args:
         learning_rate: a positive global learning rate or an optax schedule.
@@ -319,7 +377,7 @@ def adder_sgd(
     # add_decayed_weights needs params even with a zero rate; leaving it out lets
     # weight-decay-free training call update() without them.
     if wd != 0:
-        transforms.append(optax.add_decayed_weights(weight_decay))
+        transforms.append(add_decayed_weights(weight_decay))
     if m != 0:
         transforms.append(optax.trace(decay=momentum, nesterov=bool(nesterov)))
     transforms.append(optax.scale_by_learning_rate(learning_rate))

@@ -29,6 +29,7 @@ and `project_latents` after each update does what their in-place writes do.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 from collections.abc import Mapping
@@ -38,15 +39,20 @@ import jax
 import jax.numpy as jnp
 
 __all__ = [
+    "FROZEN_RANGE",
+    "ShiftOptions",
+    "check_frozen",
     "check_layer_args",
     "effective_weight",
     "fixed_point",
+    "frozen_init_params",
     "init_params",
     "latent_kind",
     "project_latents",
     "ps_weight",
     "q_weight",
     "quantize_grad",
+    "round_act",
     "round_to_fixed",
     "shift_conv",
     "shift_dense",
@@ -58,6 +64,9 @@ KINDS = ("ps", "q")
 # A shift layer's latents, by kind: how layers name them and how a parameter tree shows them.
 LATENTS = {"ps": ("shift", "sign"), "q": ("shift_weight",)}
 LN2 = math.log(2.0)
+# The shifts of their frozen layers (`se_shift/conv_mask_shift.py:81-85`): the powers of two
+# down to their --threshold 5e-3, 2^-7.
+FROZEN_RANGE = (-7, 0)
 
 
 def shift_range(weight_bits: int, kind: str = "ps") -> tuple[int, int]:
@@ -102,6 +111,26 @@ def _fixed_point_bwd(fraction_bits, _, g):
 
 
 fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def round_act(x: jax.Array, bits: int = 16) -> jax.Array:
+    """The input rounding of their frozen shift layers (`se_shift/conv_mask_shift.py:24-31`):
+    x rounded to the *nearest* multiple of 2^-(bits-1) (half to even, as ``torch.round``), no
+    clip, gradient straight through."""
+    scale = 2.0 ** (bits - 1)
+    return jnp.round(jnp.asarray(x) * scale) / scale
+
+
+def _round_act_fwd(x, bits):
+    return round_act(x, bits), None
+
+
+def _round_act_bwd(bits, _, g):
+    return (g,)
+
+
+round_act.defvjp(_round_act_fwd, _round_act_bwd)
 
 
 def latent_kind(tree: Any) -> str | None:
@@ -257,6 +286,66 @@ def check_layer_args(kind: str, weight_bits: int, sign_threshold, quant_bits: in
         raise ValueError(f"quant_bits={quant_bits!r} is invalid: expected an integer >= 0")
 
 
+def check_frozen(frozen: bool, kind: str, quant_bits: int) -> None:
+    """One-line errors for a frozen shift layer's options (their frozen layers are PS ones
+    with 16-bit inputs)."""
+    if not isinstance(frozen, bool):
+        raise ValueError(f"frozen={frozen!r} is invalid: expected True or False")
+    if frozen and (kind != "ps" or quant_bits < 2):
+        raise ValueError(
+            f"frozen=True needs kind='ps' and quant_bits >= 2 (their frozen layers), got "
+            f"kind={kind!r}, quant_bits={quant_bits!r}"
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class ShiftOptions:
+    """The options of every shift layer of a network (`adderjax.models`' ``shift=``).
+
+    Attributes:
+      kind: "ps" (DeepShift-PS, ShiftAddNet's) or "q" (DeepShift-Q).
+      weight_bits: their ``--weight_bits`` (5).
+      sign_threshold: None, or their ``--sign_threshold_ps`` (PS only).
+      quant_bits: their ``--shift_quant_bits`` (16): the input's fraction bits and the output
+        gradient's bits.
+      frozen: their ``train_fix.py`` variant: PS latents drawn once as their frozen layers
+        draw them (`frozen_init_params`) and never trained (no gradient reaches them), the
+        input rounded to nearest (`round_act`), the output gradient left alone.
+    """
+
+    kind: str = "ps"
+    weight_bits: int = 5
+    sign_threshold: float | None = None
+    quant_bits: int = 16
+    frozen: bool = False
+
+    def __post_init__(self):
+        check_layer_args(self.kind, self.weight_bits, self.sign_threshold, self.quant_bits)
+        if not isinstance(self.frozen, bool):
+            raise ValueError(f"frozen={self.frozen!r} is invalid: expected True or False")
+        check_frozen(self.frozen, self.kind, self.quant_bits)
+
+    def layer_kwargs(self) -> dict[str, Any]:
+        """As keyword arguments of `adderjax.nn.ShiftConv` / `ShiftDense`."""
+        return dataclasses.asdict(self)
+
+
+def frozen_init_params(key: jax.Array, shape, dtype=jnp.float32, sign_threshold=0.5) -> dict:
+    """PS latents as their frozen layers draw them (`SEConv2d.reset_parameters` at its
+    defaults ``distribution='uniform'``, ``threshold=5e-3``, ``sign_threshold=0.5``,
+    `se_shift/conv_mask_shift.py:118-127`): P uniform over [-7.5, -0.5], clipped to
+    `FROZEN_RANGE` and rounded; S uniform over [-1, 1] made ternary at 0.5. The latents hold
+    integers, so `ps_weight` gives their weight sign * 2^P exactly."""
+    low, high = FROZEN_RANGE
+    k_shift, k_sign = jax.random.split(key)
+    shift = jax.random.uniform(k_shift, shape, dtype, low - 0.5, -1 + 0.5)
+    sign = jax.random.uniform(k_sign, shape, dtype, -1.0, 1.0)
+    return {
+        "shift": jnp.round(jnp.clip(shift, low, high)),
+        "sign": _ternary_sign(sign, sign_threshold),
+    }
+
+
 def init_params(key: jax.Array, kind: str, shape, weight_bits: int, dtype=jnp.float32) -> dict:
     """A shift layer's latents as their layers initialise them (`reset_parameters`): PS's
     shift uniform over `shift_range` and sign uniform over [-1, 1] (modules.py:285-287); Q's
@@ -289,25 +378,33 @@ def _quantized_output(y, quant_bits, key):
     return y
 
 
-def shift_conv(x, weight, strides, padding, *, quant_bits: int = 16, key=None) -> jax.Array:
+def _shift_input(x, quant_bits, frozen):
+    return round_act(x, quant_bits) if frozen else fixed_point(x, quant_bits)
+
+
+def shift_conv(
+    x, weight, strides, padding, *, quant_bits: int = 16, key=None, frozen: bool = False
+) -> jax.Array:
     """Conv2dShift's forward (modules.py:343-374) with an effective `weight` (kh, kw, cin,
     cout): the input through `fixed_point` with ``quant_bits`` fraction bits (theirs rounds it
     whatever quant_bits is), a plain convolution, and with a `key` and quant_bits > 0 the
-    output's cotangent through `quantize_grad`. ``x`` is (N, H, W, C)."""
-    x = fixed_point(x, quant_bits)
+    output's cotangent through `quantize_grad`. ``x`` is (N, H, W, C). With ``frozen`` it is
+    their frozen layer's forward instead (`SEConv2d.forward`, conv_mask_shift.py:165-176):
+    the input through `round_act`, the gradient left alone."""
+    x = _shift_input(x, quant_bits, frozen)
     y = jax.lax.conv_general_dilated(
         x, weight.astype(x.dtype), strides, padding, dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
-    return _quantized_output(y, quant_bits, key)
+    return y if frozen else _quantized_output(y, quant_bits, key)
 
 
-def shift_dense(x, weight, *, quant_bits: int = 16, key=None) -> jax.Array:
+def shift_dense(x, weight, *, quant_bits: int = 16, key=None, frozen: bool = False) -> jax.Array:
     """The dense form of `shift_conv` (a 1x1 Conv2dShift over ``x[..., din]``): their own
     `LinearShift` cannot run (its forward reads a `threshold` its constructor never sets,
     modules.py:132), and their networks' classifiers are 1x1 shift convolutions."""
-    x = fixed_point(x, quant_bits)
+    x = _shift_input(x, quant_bits, frozen)
     y = jnp.matmul(x, weight.astype(x.dtype))
-    return _quantized_output(y, quant_bits, key)
+    return y if frozen else _quantized_output(y, quant_bits, key)
 
 
 def project_latents(

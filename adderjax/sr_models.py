@@ -1,5 +1,5 @@
-"""Super-resolution networks, VDSR and the EDSR baseline, as AdderSR (``adder=True``) or as
-the CNN of the same architecture (``adder=False``).
+"""Super-resolution networks, VDSR and the EDSR baseline, as AdderSR (``layer="adder"``) or as
+the CNN of the same architecture (``layer="conv"``).
 
 AdderSR (Song et al., CVPR 2021) keeps the first and last layers and the upsampler
 multiplicative and makes every inner convolution an adder layer, with two additions:
@@ -50,16 +50,31 @@ __all__ = [
     "DIV2K_RGB_MEAN",
     "EDSR",
     "SCALES",
+    "SR_LAYERS",
     "SR_MODELS",
     "VDSR",
     "AdderUnit",
     "PowerActivation",
+    "check_sr_layer",
     "get_sr_model",
     "pixel_shuffle",
 ]
 
 Array = Any
 P = float | jax.Array | None
+
+# The layer kinds of the SR networks (`adderjax.models.LAYERS` has the shift kinds too; no
+# shift SR network is built).
+SR_LAYERS = ("adder", "conv")
+
+
+def check_sr_layer(layer: str) -> None:
+    """One-line error for a layer kind not in `SR_LAYERS`."""
+    if layer not in SR_LAYERS:
+        raise ValueError(
+            f"layer={layer!r} is not one of {', '.join(map(repr, SR_LAYERS))} for an SR network"
+        )
+
 
 # The RGB mean of DIV2K's training images (EDSR's MeanShift), in [0, 1].
 DIV2K_RGB_MEAN = (0.4488, 0.4371, 0.4040)
@@ -98,7 +113,7 @@ class AdderUnit(nn.Module):
 
     Attributes:
       features: output channels (equal to the input's when `self_shortcut`).
-      adder: an adder layer (AdderSR) or a convolution (the CNN).
+      layer: "adder" (AdderSR) or "conv" (the CNN), one of `SR_LAYERS`.
       relu: a ReLU after the layer (where the published CNN has one), after the shortcut in
         an adder layer.
       self_shortcut, power_activation: AdderSR's two additions (adder layers only).
@@ -107,7 +122,7 @@ class AdderUnit(nn.Module):
     """
 
     features: int
-    adder: bool = True
+    layer: str = "adder"
     relu: bool = True
     self_shortcut: bool = True
     power_activation: bool = True
@@ -117,7 +132,8 @@ class AdderUnit(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, *, p: P = None) -> Array:
-        if not self.adder:
+        check_sr_layer(self.layer)
+        if self.layer == "conv":
             y = _conv(self.features, x.shape[-1], self.dtype, "conv")(x)
             return nn.relu(y) if self.relu else y
         y = AdderConv(
@@ -176,7 +192,7 @@ class _SRBase(nn.Module):
 
     scale: int = 2
     features: int = 64
-    adder: bool = True
+    layer: str = "adder"
     self_shortcut: bool = True
     power_activation: bool = True
     dtype: Any = jnp.float32
@@ -195,7 +211,7 @@ class _SRBase(nn.Module):
         return partial(
             AdderUnit,
             self.features,
-            adder=self.adder,
+            layer=self.layer,
             self_shortcut=self.self_shortcut,
             power_activation=self.power_activation,
             train=train,
@@ -260,7 +276,7 @@ class EDSR(_SRBase):
         """`res_scale`, or its default where None."""
         if self.res_scale is not None:
             return self.res_scale
-        return 0.1 if self.adder and self.self_shortcut else 1.0
+        return 0.1 if self.layer == "adder" and self.self_shortcut else 1.0
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool, p: P = None) -> Array:
@@ -294,8 +310,9 @@ def get_sr_model(name: str, **kwargs) -> nn.Module:
     """The SR model registered as ``name`` in `SR_MODELS`, built with ``kwargs``.
 
     Raises:
-      ValueError: for a name not in `SR_MODELS`.
+      ValueError: for a name not in `SR_MODELS` or a ``layer`` not in `SR_LAYERS`.
     """
     if name not in SR_MODELS:
         raise ValueError(f"unknown SR model name={name!r}; known: {', '.join(SR_MODELS)}")
+    check_sr_layer(kwargs.get("layer", "adder"))
     return SR_MODELS[name](**kwargs)

@@ -4,7 +4,7 @@
 
 Rows (each `python -m train.mnist` with the overrides shown, in its own workdir under
 --root, per seed):
-  CNN                 --config.adder=False (also the finished teacher of "KD, finished")
+  CNN                 --config.layer=conv (also the finished teacher of "KD, finished")
   AdderNet            the plain AdderNet recipe
   KD, finished        logits from the finished CNN of the same seed (distill=kd)
   KD, progressive     logits from a CNN trained alongside (distill=pkkd, no features)
@@ -35,7 +35,7 @@ from paper_tables import check_reusable, row, run_once
 
 # (row name, workdir prefix, overrides); "{teacher}" is the same seed's CNN workdir.
 ROWS = (
-    ("CNN", "cnn", ["--config.adder=False"]),
+    ("CNN", "cnn", ["--config.layer=conv"]),
     ("AdderNet", "adder", []),
     (
         "KD, finished CNN",

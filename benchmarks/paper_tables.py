@@ -127,7 +127,7 @@ def _journal_runs(epochs: int) -> dict[str, list[str]]:
 
 def _runs(epochs: int = 3) -> dict[str, list[str]]:
     """workdir name -> config overrides (the CVPR tables' and the journal's)."""
-    runs = {"cnn": ["--config.adder=False"]}
+    runs = {"cnn": ["--config.layer=conv"]}
     for eta in ETAS:
         runs[_eta_name(eta)] = [f"--config.eta={eta}"]
     for fp, ht, alr in ABLATION:
@@ -236,7 +236,7 @@ def main() -> None:
     print(f"LeNet-5-BN on {args.dataset}, {args.epochs} epochs, runs in {root}\n")
     print(row(["CNN (same recipe)", *head]))
     print(row(["---"] * 5))
-    print(row(["`--config.adder=False`", *_metrics(results["cnn"])]))
+    print(row(["`--config.layer=conv`", *_metrics(results["cnn"])]))
     if args.only in ("all", "cvpr", "eta"):
         print("\nTable 5: the local learning rate eta (AdderNet, full recipe)\n")
         print(row(["eta", *head]))

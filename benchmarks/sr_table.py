@@ -36,7 +36,7 @@ TRAIN = ("astronaut.png", "brick.png", "camera.png", "cell.png", "grass.png", "g
          "hubble_deep_field.jpg", "ihc.png", "motorcycle_left.png", "retina.jpg")  # fmt: skip
 TEST = ("chelsea.png", "coffee.png", "coins.png", "moon.png", "rocket.jpg")
 VARIANTS = {
-    "cnn": ["--config.adder=False"],
+    "cnn": ["--config.layer=conv"],
     "addersr": [],
     "no_shortcut": ["--config.self_shortcut=False"],
     "no_power": ["--config.power_activation=False"],
@@ -84,7 +84,11 @@ def counts(args) -> dict:
 
     out = {}
     for variant, flags in VARIANTS.items():
-        kw = dict(scale=2, features=args.features, adder="--config.adder=False" not in flags)
+        kw = dict(
+            scale=2,
+            features=args.features,
+            layer="conv" if "--config.layer=conv" in flags else "adder",
+        )
         kw.update(num_blocks=args.blocks) if args.model == "edsr" else kw.update(depth=args.blocks)
         model = sr_models.get_sr_model(args.model, **kw)
         c = count_ops(model, (1, 360, 640, 3), convention="full", train=False)

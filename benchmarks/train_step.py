@@ -72,7 +72,7 @@ def _step(model: str, adder: bool, implementation: str | None, batch: int, mesh)
     module, dataset = MODELS[model]
     config = module.get_config()
     config.model = model
-    config.adder = adder
+    config.layer = "adder" if adder else "conv"
     config.implementation = implementation
     config.batch_size = batch
     info = sources.DATASETS[dataset]

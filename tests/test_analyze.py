@@ -35,7 +35,9 @@ def pair(tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     data = datafiles.write_idx_dir(root / "data", num_train=32, num_test=24)
     for name, adder in (("adder", True), ("cnn", False)):
-        trainer.run(_config(data, adder=adder), root / name, tasks.classification)
+        trainer.run(
+            _config(data, layer="adder" if adder else "conv"), root / name, tasks.classification
+        )
     return root, data
 
 
@@ -50,7 +52,7 @@ def test_analyses_of_a_trained_pair(pair, tmp_path):
 def _check_gradient_norms_are_the_first_step_of_training(root, data):
     """The CNN's first SGD step is w1 = w0 - lr * (g + wd * w0): the gradient the analysis
     reports must be the g the trainer applied."""
-    config = _config(data, adder=False)
+    config = _config(data, layer="conv")
     config.worker_count = 0
     norms = analyze.first_iteration_gradient_norms(config)
     built = model_state.build(config, sources.DATASETS[config.dataset])
@@ -112,6 +114,6 @@ def test_first_layers_are_the_first_conv_and_the_first_adder_conv():
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), np.float32)
     params = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)["params"]
     assert analyze.first_layers(params) == ["conv1", "layer1_0/conv1"]
-    cnn = models.get_model("resnet20", num_classes=10, adder=False)
+    cnn = models.get_model("resnet20", num_classes=10, layer="conv")
     cnn_params = jax.eval_shape(lambda x: cnn.init(jax.random.key(0), x, train=False), x)
     assert analyze.first_layers(cnn_params["params"]) == ["conv1"]

@@ -189,7 +189,7 @@ def test_paper_tables_reads_finished_runs_without_running_them(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # nothing was run
-    assert "| `--config.adder=False` | 50.00 | 90.00 | 0.250 | 12 |" in proc.stdout
+    assert "| `--config.layer=conv` | 50.00 | 90.00 | 0.250 | 12 |" in proc.stdout
     assert "| 0.05 | 51.00 | 90.00 | 0.250 | 12 |" in proc.stdout
     assert "| no | no | no | 60.00 | 90.00 | 0.250 | 12 |" in proc.stdout
     # The journal's tables: its rows with p = 1 are the ablation's runs, its values beside.

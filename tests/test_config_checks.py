@@ -20,7 +20,11 @@ from train.configs import cifar10, cifar100, default, imagenet, mnist, pkkd_cifa
         ("p_init", 3.0, "config.p_init=3.0 is invalid: expected a number in [1, 2]"),
         ("data_format", "idx", "config.data_format='idx' is invalid"),
         ("momentum", 1.0, "config.momentum=1.0 is invalid"),
-        ("adder", "yes", "config.adder='yes' is invalid: expected True or False"),
+        (
+            "layer",
+            "yes",
+            "config.layer='yes' is invalid: expected one of 'conv', 'adder', 'shift', 'shiftadd'",
+        ),
         ("fsdp_size", 3, "config.fsdp_size=3 is invalid: expected a divisor of the device count"),
         ("interpret", True, "config.interpret=True is invalid: expected False unless"),
         ("filter_grad", "exact", "config.filter_grad='exact' is invalid: expected one of"),

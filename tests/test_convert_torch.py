@@ -28,7 +28,7 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)  # th
 
 def _fake_state_dict(arch, *, adder=True, num_classes=10, image_shape=(32, 32, 3), seed=0):
     """A random state dict in PyTorch's names and layouts, DataParallel style."""
-    model = models.get_model(arch, num_classes=num_classes, adder=adder)
+    model = models.get_model(arch, num_classes=num_classes, layer="adder" if adder else "conv")
     shapes = convert_torch.expected_torch_shapes(model, image_shape)
     rng = np.random.default_rng(seed)
     out = {f"module.{k}": rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
@@ -75,7 +75,7 @@ def test_resnet20_expected_keys_are_the_reference_names():
 def test_values_land_transposed_in_their_place(arch, image_shape, num_classes):
     state = _fake_state_dict(arch, num_classes=num_classes, image_shape=image_shape)
     variables, config = convert_torch.convert_state_dict(state, arch)
-    assert config.model == arch and config.adder
+    assert config.model == arch and config.layer == "adder"
     assert config.dataset == {"lenet5_bn": "mnist", "vgg_small": "cifar100"}[arch]
     flat = jax.tree_util.tree_flatten_with_path(variables)[0]
     for path, leaf in flat:
@@ -88,7 +88,7 @@ def test_values_land_transposed_in_their_place(arch, image_shape, num_classes):
 def test_cnn_variant_is_read_from_the_keys():
     state = _fake_state_dict("resnet20", adder=False)
     variables, config = convert_torch.convert_state_dict(state, "resnet20")
-    assert config.adder is False
+    assert config.layer == "conv"
     assert variables["params"]["layer1_0"]["conv1"]["kernel"].shape == (3, 3, 16, 16)
 
 
@@ -157,7 +157,8 @@ def test_resnet20_logits_match_pytorch(tmp_path, adder):
     model, path = _saved_reference(tmp_path, lambda: torch_reference.resnet20(adder=adder), x)
     assert all(k.startswith("module.") for k in torch.load(path, weights_only=True))
     summary = convert_torch.convert(path, tmp_path / "out", "resnet20")
-    assert summary["adder"] is adder and summary["parameters"] == 272_484
+    assert summary["layer"] == ("adder" if adder else "conv")
+    assert summary["parameters"] == 272_484
 
     flax_model, variables, config = saved_models.load_model(str(tmp_path / "out"))
     assert config.dataset == "cifar10"
@@ -177,7 +178,7 @@ def test_resnet50_converts_with_bias_bottlenecks_and_layer4(tmp_path):
     model = torch_reference.resnet50()
     state = {f"module.{k}": v.numpy() for k, v in model.state_dict().items()}
     variables, config = convert_torch.convert_state_dict(state, "resnet50")
-    assert config.dataset == "imagenet2012" and config.adder
+    assert config.dataset == "imagenet2012" and config.layer == "adder"
     params = variables["params"]
     np.testing.assert_array_equal(params["fc"]["bias"], state["module.fc.bias"])
     np.testing.assert_array_equal(

@@ -21,7 +21,7 @@ def _resnet20_cnn_paper_macs():
 
 def test_resnet20_paper_convention_by_hand():
     macs = _resnet20_cnn_paper_macs()
-    cnn = count_ops(models.ResNet20(num_classes=10, adder=False), CIFAR, train=False)
+    cnn = count_ops(models.ResNet20(num_classes=10, layer="conv"), CIFAR, train=False)
     assert (cnn.multiplications, cnn.additions) == (macs, macs) == (40_370_176, 40_370_176)
     adder = count_ops(models.ResNet20(num_classes=10), CIFAR, train=False)
     assert (adder.multiplications, adder.additions) == (0, 2 * macs)
@@ -51,14 +51,14 @@ def test_lenet_full_convention_by_hand():
     [("resnet32", CIFAR, 10), ("vgg_small", CIFAR, 10), ("resnet50", (1, 224, 224, 3), 1000)],
 )
 def test_adder_does_twice_the_additions_and_no_multiplications(name, shape, classes):
-    cnn = count_ops(models.get_model(name, num_classes=classes, adder=False), shape, train=False)
+    cnn = count_ops(models.get_model(name, num_classes=classes, layer="conv"), shape, train=False)
     adder = count_ops(models.get_model(name, num_classes=classes), shape, train=False)
     assert adder.multiplications == 0 and adder.additions == 2 * cnn.multiplications
     assert cnn.additions == cnn.multiplications > 0
 
 
 def test_energy():
-    count = count_ops(models.ResNet20(num_classes=10, adder=False), CIFAR, train=False)
+    count = count_ops(models.ResNet20(num_classes=10, layer="conv"), CIFAR, train=False)
     assert count.energy_pj == pytest.approx(count.multiplications * 4.6)
     int32 = count_ops(models.ResNet20(num_classes=10), CIFAR, energy="int32", train=False)
     assert int32.energy_pj == pytest.approx(int32.additions * 0.1)

@@ -124,7 +124,7 @@ def test_stage_outputs_match_between_adder_net_and_cnn(name):
     layers = models.STAGE_OUTPUTS[name]
     shapes = {}
     for adder in (True, False):
-        model = models.get_model(name, num_classes=10, adder=adder)
+        model = models.get_model(name, num_classes=10, layer="adder" if adder else "conv")
         kinds = {}
 
         def run(x, model=model, kinds=kinds):

@@ -66,16 +66,16 @@ def test_eval_and_load_model_give_either_network(pkkd_run):
     workdir, result = pkkd_run
     student = train_eval.evaluate_checkpoint(str(workdir))
     teacher = train_eval.evaluate_checkpoint(str(workdir), network="teacher")
-    assert (student["network"], student["adder"]) == ("student", True)
-    assert (teacher["network"], teacher["adder"]) == ("teacher", False)
+    assert (student["network"], student["layer"]) == ("student", "adder")
+    assert (teacher["network"], teacher["layer"]) == ("teacher", "conv")
     assert student["top1"] == result["top1"] and student["loss"] == pytest.approx(result["loss"])
     assert teacher["top1"] == result["teacher"]["top1"]
     model, variables, config = saved_models.load_model(str(workdir), network="teacher")
-    assert config.adder is False and "kernel" in variables["params"]["conv2"]
+    assert config.layer == "conv" and "kernel" in variables["params"]["conv2"]
     images = np.zeros((2, 28, 28, 1), np.float32)
     assert model.apply(variables, images, train=False).shape == (2, 10)
     model, variables, config = saved_models.load_model(str(workdir))
-    assert config.adder is True and "adder" in variables["params"]["conv2"]
+    assert config.layer == "adder" and "adder" in variables["params"]["conv2"]
     # The stored config alone, and the step it came from (the run's newest, step 8).
     saved, checkpoint = saved_models.saved_config(str(workdir))
     assert saved.to_dict() == config.to_dict()
@@ -99,7 +99,7 @@ def test_kd_from_a_finished_teacher(idx_dir, tmp_path):
     """distill="kd": the teacher is the finished CNN run's newest checkpoint, and stays it;
     with distill_features="none" only the logits are distilled."""
     cnn = trainer.run(
-        _config(idx_dir, distill="none", adder=False, num_train_steps=4),
+        _config(idx_dir, distill="none", layer="conv", num_train_steps=4),
         tmp_path / "cnn",
         tasks.classification,
     )
@@ -166,7 +166,10 @@ def test_tfds_mock_data(tmp_path):
         ({"kd_temperature": 0.0}, "config.kd_temperature=0.0 is invalid: expected a number > 0"),
         ({"sigma_a": -1.0}, "config.sigma_a=-1.0 is invalid"),
         ({"kd_weight": -0.5}, "config.kd_weight=-0.5 is invalid: expected a number >= 0"),
-        ({"adder": False}, "config.adder=False is invalid: expected True with distill='pkkd'"),
+        (
+            {"layer": "conv"},
+            "config.layer='conv' is invalid: expected 'adder' with distill='pkkd'",
+        ),
         (
             {"teacher_workdir": "/tmp/t"},
             "config.teacher_workdir='/tmp/t' is invalid: expected None",

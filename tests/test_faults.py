@@ -218,9 +218,9 @@ def test_no_usable_checkpoint_is_a_clear_error(data, tmp_path):
 def test_resuming_with_another_model_is_refused(data, tmp_path):
     trainer.run(_config(data, num_train_steps=1), tmp_path, tasks.classification)
     with pytest.raises(config_checks.ConfigError) as info:
-        trainer.run(_config(data, num_train_steps=2, adder=False), tmp_path, tasks.classification)
+        trainer.run(_config(data, num_train_steps=2, layer="conv"), tmp_path, tasks.classification)
     message = str(info.value)
-    assert "adder=True there, False here" in message and "another --workdir" in message
+    assert "layer='adder' there, 'conv' here" in message and "another --workdir" in message
     assert "\n" not in message
 
 

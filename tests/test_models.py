@@ -131,7 +131,7 @@ def test_expected_totals_match_the_per_layer_arithmetic():
 def _abstract(name, adder):
     """(variables, logits) shapes and dtypes of one model, traced only."""
     shape, num_classes = CASES[name]
-    model = models.get_model(name, num_classes=num_classes, adder=adder)
+    model = models.get_model(name, num_classes=num_classes, layer="adder" if adder else "conv")
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
@@ -284,7 +284,7 @@ def _as_cnn(variables):
 
 
 def test_init():
-    adder, cnn = (models.LeNet5BN(num_classes=10, adder=a) for a in (True, False))
+    adder, cnn = (models.LeNet5BN(num_classes=10, layer=k) for k in ("adder", "conv"))
     init = jax.jit(lambda k, x: (adder.init(k, x, train=False), cnn.init(k, x, train=False)))
     # An "rbg" key: threefry's random.normal per parameter shape triples the compile time.
     variables = init(jax.random.key(0, impl="rbg"), _images(MNIST))
@@ -440,7 +440,9 @@ def test_p_none_leaves_the_layer_default():
 
 @pytest.mark.parametrize("adder", [True, False], ids=["adder", "cnn"])
 def test_p_changes_adder_logits_without_recompiling(adder):
-    model = models.LeNet5BN(num_classes=10, adder=adder, implementation="xla")
+    model = models.LeNet5BN(
+        num_classes=10, layer="adder" if adder else "conv", implementation="xla"
+    )
     variables = _variables("lenet5_bn")
     if not adder:
         variables = _as_cnn(variables)
@@ -467,8 +469,8 @@ def test_p_changes_adder_logits_without_recompiling(adder):
 def test_registry():
     assert set(models.MODELS) == set(CASES)
     assert isinstance(models.get_model("resnet50", num_classes=5), models.ResNet)
-    model = models.get_model("vgg_small", num_classes=100, adder=False)
-    assert isinstance(model, models.VGG) and model.num_classes == 100 and not model.adder
+    model = models.get_model("vgg_small", num_classes=100, layer="conv")
+    assert isinstance(model, models.VGG) and model.num_classes == 100 and model.layer == "conv"
     with pytest.raises(ValueError, match="known models: lenet5_bn, resnet20, .*resnet50"):
         models.get_model("nope", num_classes=10)
 

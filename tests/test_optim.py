@@ -438,9 +438,11 @@ def test_good_arguments_accepted():
 def test_public_api():
     assert sorted(optim.__all__) == [
         "InvalidArgumentError",
+        "add_decayed_weights",
         "adder_mask",
         "adder_sgd",
         "check_sgd_arguments",
+        "decay_mask",
         "scale_by_adaptive_lr",
     ]
 

@@ -70,7 +70,7 @@ def test_the_manager_is_closed_on_errors_too(monkeypatch, tmp_path):
 def test_a_saved_run_is_a_model(tmp_path):
     shutil.copytree(WORKDIR, tmp_path / "w")
     model, variables, config = saved_models.load_model(tmp_path / "w")
-    assert config.model == "lenet5_bn" and config.adder
+    assert config.model == "lenet5_bn" and config.layer == "adder"
     logits = model.apply(variables, jnp.zeros((2, 28, 28, 1)), train=False)
     assert logits.shape == (2, 10) and np.all(np.isfinite(logits))
     saved, path = saved_models.saved_config(tmp_path / "w")

@@ -22,7 +22,9 @@ def _count(tree) -> int:
 @pytest.mark.parametrize("scale", [2, 3, 4])
 def test_output_is_scale_times_the_input(name, adder, scale):
     small = {"vdsr": dict(depth=4), "edsr": dict(num_blocks=1)}[name]
-    model = sr_models.get_sr_model(name, scale=scale, adder=adder, features=8, **small)
+    model = sr_models.get_sr_model(
+        name, scale=scale, layer="adder" if adder else "conv", features=8, **small
+    )
     x = jax.ShapeDtypeStruct((2, 7, 5, 3), jnp.float32)  # odd sizes
     variables = jax.eval_shape(lambda x: _init(model, x), x)
     y = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
@@ -32,13 +34,13 @@ def test_output_is_scale_times_the_input(name, adder, scale):
 def test_parameter_counts_of_the_published_cnns():
     """EDSR baseline x2: 1,369,859 parameters (the paper's 1.37M); VDSR on RGB: 668,227."""
     x = jax.ShapeDtypeStruct((1, 8, 8, 3), jnp.float32)
-    edsr = jax.eval_shape(lambda x: _init(sr_models.EDSR(scale=2, adder=False), x), x)
+    edsr = jax.eval_shape(lambda x: _init(sr_models.EDSR(scale=2, layer="conv"), x), x)
     conv = 64 * 64 * 9 + 64
     head, tail, up2 = 3 * 64 * 9 + 64, 64 * 3 * 9 + 3, 64 * 256 * 9 + 256
     assert _count(edsr["params"]) == head + 16 * 2 * conv + conv + up2 + tail == 1_369_859
-    vdsr = jax.eval_shape(lambda x: _init(sr_models.VDSR(scale=2, adder=False), x), x)
+    vdsr = jax.eval_shape(lambda x: _init(sr_models.VDSR(scale=2, layer="conv"), x), x)
     assert _count(vdsr["params"]) == head + 18 * conv + tail == 668_227
-    edsr4 = jax.eval_shape(lambda x: _init(sr_models.EDSR(scale=4, adder=False), x), x)
+    edsr4 = jax.eval_shape(lambda x: _init(sr_models.EDSR(scale=4, layer="conv"), x), x)
     assert _count(edsr4["params"]) == 1_369_859 + up2  # x4: two x2 stages
     assert "batch_stats" not in edsr  # the CNNs have no BN
 
@@ -82,7 +84,7 @@ def test_edsr_block_scale_defaults():
     # EDSR's 1 otherwise; an explicit res_scale wins.
     assert sr_models.EDSR().block_scale == 0.1
     assert sr_models.EDSR(self_shortcut=False).block_scale == 1.0
-    assert sr_models.EDSR(adder=False).block_scale == 1.0
+    assert sr_models.EDSR(layer="conv").block_scale == 1.0
     assert sr_models.EDSR(res_scale=0.5).block_scale == 0.5
     x = jnp.full((1, 8, 8, 3), 100.0)
     model = sr_models.EDSR(num_blocks=1, features=8, power_activation=False)
@@ -124,7 +126,7 @@ def test_pixel_shuffle_is_pytorchs():
 
 def test_vdsr_is_bicubic_plus_its_residual():
     """With its last layer zeroed VDSR returns MATLAB's bicubic upsampling of its input."""
-    model = sr_models.VDSR(scale=3, depth=4, features=8, adder=True)
+    model = sr_models.VDSR(scale=3, depth=4, features=8, layer="adder")
     x = jnp.asarray(np.random.default_rng(0).uniform(0, 255, (1, 9, 7, 3)), jnp.float32)
     variables = _init(model, x)
     params = dict(variables["params"])
@@ -136,7 +138,7 @@ def test_vdsr_is_bicubic_plus_its_residual():
 
 def test_adder_edsr_body_has_no_multiplications():
     edsr = sr_models.EDSR(scale=2, num_blocks=4, features=32)
-    cnn = sr_models.EDSR(scale=2, num_blocks=4, features=32, adder=False)
+    cnn = sr_models.EDSR(scale=2, num_blocks=4, features=32, layer="conv")
     adder_count = count_ops(edsr, (1, 16, 16, 3), train=False)
     cnn_count = count_ops(cnn, (1, 16, 16, 3), train=False)
     kinds = {layer.name: layer.kind for layer in adder_count.layers}

@@ -105,7 +105,7 @@ def test_outputs_written(idx_dir, tmp_path):
 
 def test_cnn_and_no_adaptive_lr_run(idx_dir, tmp_path):
     # The CNN of the same architecture and the run without the adaptive learning rate.
-    for name, overrides in (("cnn", {"adder": False}), ("noadaptive", {"adaptive_lr": False})):
+    for name, overrides in (("cnn", {"layer": "conv"}), ("noadaptive", {"adaptive_lr": False})):
         result = trainer.run(
             datafiles.small_config(idx_dir, num_train_steps=2, **overrides),
             tmp_path / name,

@@ -209,7 +209,7 @@ def _side(workdir: str, best: bool, data_dir, data_format, num_points: int) -> d
     out = {
         "workdir": str(pathlib.Path(workdir).absolute()),
         "model": config.model,
-        "adder": bool(config.adder),
+        "layer": config.layer,
         "params": jax.device_get(variables["params"]),
         "grad_norms": first_iteration_gradient_norms(config),
     }
@@ -246,10 +246,12 @@ def analyze(
         if wd is not None:
             sides[name] = _side(wd, best, data_dir, data_format, num_points)
     for name, side in sides.items():
-        if side["adder"] != (name == "AdderNet"):
+        want = "adder" if name == "AdderNet" else "conv"
+        if side["layer"] != want:
             flag = "--workdir" if name == "AdderNet" else "--cnn_workdir"
-            kind = "an AdderNet" if side["adder"] else "a CNN"
-            raise config_checks.ConfigError(f"{flag}={side['workdir']} holds {kind} run")
+            raise config_checks.ConfigError(
+                f"{flag}={side['workdir']} holds a layer={side['layer']!r} run, not layer={want!r}"
+            )
     out_dir = pathlib.Path(out or pathlib.Path(workdir or cnn_workdir) / "analysis")
     out_dir.mkdir(parents=True, exist_ok=True)
     names = list(sides)

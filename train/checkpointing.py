@@ -50,6 +50,7 @@ __all__ = [
     "restore_or_init",
     "save",
     "step_dir",
+    "upgrade_meta",
     "verify",
 ]
 
@@ -59,7 +60,9 @@ MANIFEST = "adderjax_manifest.json"
 # would either fail to restore or, worse, restore into something else.
 RESUME_KEYS = (
     "model",
-    "adder",
+    "layer",
+    "shift_kind",
+    "shift_frozen",
     "dataset",
     "image_size",
     "dtype",
@@ -68,7 +71,13 @@ RESUME_KEYS = (
     "distill_layers",
 )
 # What a key missing from a checkpoint older than it meant.
-_RESUME_DEFAULTS = {"distill": "none", "distill_features": "kernel", "distill_layers": ""}
+_RESUME_DEFAULTS = {
+    "distill": "none",
+    "distill_features": "kernel",
+    "distill_layers": "",
+    "shift_kind": "ps",
+    "shift_frozen": False,
+}
 
 
 def metric_name(eval_metric: str) -> str:
@@ -289,12 +298,24 @@ def restore(
     if data_iterator is not None:
         items["data"] = grain.PyGrainCheckpointRestore(data_iterator)
     restored = mngr.restore(step, args=ocp.args.Composite(**items))
-    return restored["state"], restored["meta"]
+    return restored["state"], upgrade_meta(restored["meta"])
 
 
 def read_meta(mngr: ocp.CheckpointManager, step: int) -> dict:
     """The config and metrics stored with checkpoint `step`, without reading the arrays."""
-    return mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    return upgrade_meta(meta)
+
+
+def upgrade_meta(meta: dict) -> dict:
+    """`meta` with its config in today's keys: checkpoints written before the layer kinds
+    say ``adder: true`` / ``false`` where today's say ``layer: "adder"`` / ``"conv"``."""
+    config = meta.get("config")
+    if isinstance(config, dict) and "adder" in config and "layer" not in config:
+        config = dict(config)
+        config["layer"] = "adder" if config.pop("adder") else "conv"
+        meta = {**meta, "config": config}
+    return meta
 
 
 def config_from_meta(

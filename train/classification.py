@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
+from adderjax import shift
 from train import model_state, sharding
 from train.data import sources
 from train.model_state import TrainState
@@ -50,8 +51,10 @@ def topk_correct(logits: jax.Array, labels: jax.Array, k: int) -> jax.Array:
     return jnp.any(top == labels[:, None], axis=-1).astype(jnp.float32)
 
 
-def loss_and_grads(state: TrainState, batch, p, *, info, label_smoothing: float = 0.0):
-    """The training loss of a batch in train mode and its gradients with respect to the params.
+def loss_and_grads(state: TrainState, batch, p, *, info, label_smoothing: float = 0.0, rngs=None):
+    """The training loss of a batch in train mode and its gradients with respect to the params;
+    ``rngs`` (e.g. ``{"shift": key}``, the shift layers' gradient quantisation) go to the
+    model.
 
     Returns (loss, logits, batch_stats updates, grads).
     """
@@ -65,6 +68,7 @@ def loss_and_grads(state: TrainState, batch, p, *, info, label_smoothing: float 
             train=True,
             p=p,
             mutable=["batch_stats"],
+            rngs=rngs,
         )
         targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
         loss = optax.softmax_cross_entropy(logits, targets).mean()
@@ -75,19 +79,42 @@ def loss_and_grads(state: TrainState, batch, p, *, info, label_smoothing: float 
 
 
 def train_step(
-    state: TrainState, batch, p, *, info, label_smoothing: float, lr_fn, skip_nonfinite=False
+    state: TrainState,
+    batch,
+    p,
+    *,
+    info,
+    label_smoothing: float,
+    lr_fn,
+    skip_nonfinite=False,
+    shift_options: shift.ShiftOptions | None = None,
+    seed: int = 0,
 ):
     """One SGD step on a global batch; returns the new state and the batch's metrics.
 
     The metrics say whether the loss and every gradient leaf were finite ("finite",
     "grad_finite", which `train.loop` checks); with `skip_nonfinite` a step that was not
     leaves the state as it was (but for the step count).
+
+    Shift layers (`adderjax.shift`) quantise their output gradients with the key
+    ``fold_in(key(seed), step)``, one per step, so a resumed run draws what an uninterrupted
+    one does; after the update their latents are projected back into range
+    (`adderjax.shift.project_latents` with ``shift_options``), as their in-place clips do.
     """
     labels = batch["label"]
+    rngs = {"shift": jax.random.fold_in(jax.random.key(seed), state.step)}
     loss, logits, updates, grads = loss_and_grads(
-        state, batch, p, info=info, label_smoothing=label_smoothing
+        state, batch, p, info=info, label_smoothing=label_smoothing, rngs=rngs
     )
     new_state = state.apply_gradients(grads=grads, batch_stats=updates["batch_stats"])
+    if shift_options is not None:
+        new_state = new_state.replace(
+            params=shift.project_latents(
+                new_state.params,
+                weight_bits=shift_options.weight_bits,
+                sign_threshold=shift_options.sign_threshold,
+            )
+        )
     finite, grad_finite = model_state.finiteness([loss], grads)
     if skip_nonfinite:
         new_state = model_state.keep_if_finite(new_state, state, finite)
@@ -124,8 +151,12 @@ def jit_train_step(
     """`train_step` (or another task's `step` of the same arguments) jitted over `mesh`
     (`train.sharding.jit_train_step`): (state, global batch, p) -> (state, metrics).
     `lr_fn` (step -> learning rate) is only reported in the metrics."""
+    if step is None:
+        step = functools.partial(
+            train_step, shift_options=model_state.shift_options(config), seed=config.seed
+        )
     step = functools.partial(
-        step or train_step,
+        step,
         info=info,
         label_smoothing=config.label_smoothing,
         lr_fn=lr_fn,

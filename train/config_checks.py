@@ -8,7 +8,7 @@ import pathlib
 
 import ml_collections
 
-from adderjax import distill, geometry, models, optim, sr_models
+from adderjax import distill, geometry, models, optim, shift, sr_models
 from train.configs import default
 from train.configs import sr as sr_config
 from train.data import pipeline, sources
@@ -71,7 +71,9 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         expected = " or ".join(map(repr, readable))
         raise _bad("data_format", config.data_format, f"{expected} for {config.dataset!r}")
     _one_of(config, "augment", pipeline.AUGMENTATIONS)
+    _one_of(config, "layer", models.LAYERS)
     _check_layers(config)
+    _check_shift(config)
     _check_run(config, device_count, batch_keys=("batch_size", "eval_batch_size"))
     _at_least(config, "warmup_epochs", 0, integer=True)
     if config.warmup_epochs >= config.num_epochs:
@@ -118,12 +120,32 @@ def _check_layers(config: ml_collections.ConfigDict) -> None:
     _one_of(config, "input_grad", geometry.INPUT_GRADS)
     _one_of(config, "filter_grad", geometry.FILTER_GRADS)
     _one_of(config, "implementation", (None, *geometry.IMPLEMENTATIONS))
-    _bool(config, "adder")
     _bool(config, "interpret")
     if config.interpret and config.implementation != "pallas":
         raise _bad("interpret", True, "False unless implementation='pallas'")
     if config.filter_grad == "sign" and config.implementation == "pallas":
         raise _bad("filter_grad", "sign", "'full_precision' with implementation='pallas'")
+
+
+def _check_shift(config: ml_collections.ConfigDict) -> None:
+    """The shift layers' options (`adderjax.shift.ShiftOptions`), as config keys."""
+    _one_of(config, "shift_kind", shift.KINDS)
+    _at_least(config, "weight_bits", 2, integer=True)
+    threshold = config.sign_threshold
+    if threshold is not None:
+        if _number(config, "sign_threshold") < 0:
+            raise _bad("sign_threshold", threshold, "None or a number >= 0")
+        if config.shift_kind != "ps":
+            raise _bad("sign_threshold", threshold, "None with shift_kind='q'")
+    _at_least(config, "shift_quant_bits", 0, integer=True)
+    _bool(config, "shift_frozen")
+    if config.shift_frozen:
+        if config.layer not in ("shift", "shiftadd"):
+            raise _bad("shift_frozen", True, f"False with layer={config.layer!r} (no shift layers)")
+        if config.shift_kind != "ps":
+            raise _bad("shift_frozen", True, "False with shift_kind='q' (frozen layers are PS)")
+        if config.shift_quant_bits < 2:
+            raise _bad("shift_quant_bits", config.shift_quant_bits, "2 or more with shift_frozen")
 
 
 def _check_run(config: ml_collections.ConfigDict, device_count: int, *, batch_keys) -> None:
@@ -160,6 +182,7 @@ def validate_sr(config: ml_collections.ConfigDict, *, device_count: int) -> None
         )
     _one_of(config, "model", sorted(sr_models.SR_MODELS))
     _one_of(config, "scale", sr_models.SCALES)
+    _one_of(config, "layer", sr_models.SR_LAYERS)
     _check_layers(config)
     for key in ("self_shortcut", "power_activation", "augment"):
         _bool(config, key)
@@ -207,9 +230,11 @@ def _check_distillation(config: ml_collections.ConfigDict) -> None:
             )
         if config.distill == "none":
             return
-    if not config.adder:
+    if config.layer != "adder":
         raise _bad(
-            "adder", False, f"True with distill={config.distill!r} (the student is the AdderNet)"
+            "layer",
+            config.layer,
+            f"'adder' with distill={config.distill!r} (the student is the AdderNet)",
         )
     if config.distill == "kd":
         if not isinstance(workdir, str):

@@ -210,7 +210,7 @@ def _config(arch: str, dataset: str, adder: bool):
     config = importlib.import_module(f"train.configs.{_CONFIG_FILE[dataset]}").get_config()
     config.model = arch
     config.dataset = dataset
-    config.adder = adder
+    config.layer = "adder" if adder else "conv"
     if dataset != "fashion_mnist" and config.data_format == "idx":
         config.data_format = "tfds"  # the idx default points at Debian's Fashion-MNIST
     return config
@@ -285,7 +285,7 @@ def convert(
         "source": str(source.absolute()),
         "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
         "arch": arch,
-        "adder": config.adder,
+        "layer": config.layer,
         "dataset": config.dataset,
         "tensors": len(state_dict),
         "parameters": int(sum(np.size(x) for x in jax.tree.leaves(variables["params"]))),
@@ -300,7 +300,7 @@ def run_from_flags(args: list[str]) -> str:
         raise app.UsageError("--arch is required (e.g. --arch=resnet20)")
     source, out_dir = args
     summary = convert(source, out_dir, flags.FLAGS.arch, dataset=flags.FLAGS.dataset)
-    kind = "AdderNet" if summary["adder"] else "CNN"
+    kind = "AdderNet" if summary["layer"] == "adder" else "CNN"
     return (
         f"wrote {out_dir}: {summary['arch']} {kind} for {summary['dataset']}, "
         f"{summary['tensors']} tensors, {summary['parameters']:,} parameters"

@@ -71,9 +71,9 @@ def enabled(config: ml_collections.ConfigDict) -> bool:
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The teacher's config: the student's with ``adder=False`` (the CNN of its network)."""
+    """The teacher's config: the student's with ``layer="conv"`` (the CNN of its network)."""
     teacher = ml_collections.ConfigDict(config.to_dict())
-    teacher.adder = False
+    teacher.layer = "conv"
     return teacher
 
 
@@ -182,11 +182,11 @@ def check_teacher(saved: ml_collections.ConfigDict, config: ml_collections.Confi
     Raises:
       config_checks.ConfigError: naming the key that differs.
     """
-    for key, want in (("model", config.model), ("dataset", config.dataset), ("adder", False)):
+    for key, want in (("model", config.model), ("dataset", config.dataset), ("layer", "conv")):
         if saved.get(key) != want:
             raise config_checks.ConfigError(
                 f"config.teacher_workdir={config.teacher_workdir}: the teacher must be the "
-                f"CNN (adder=False) of model {config.model!r} on {config.dataset!r}; that run "
+                f"CNN (layer='conv') of model {config.model!r} on {config.dataset!r}; that run "
                 f"has {key}={saved.get(key)!r}"
             )
 

@@ -73,7 +73,7 @@ def evaluate_checkpoint(
         **result,
         "step": step,
         "model": net_config.model,
-        "adder": net_config.adder,
+        "layer": net_config.layer,
         "network": network,
         "dataset": config.dataset,
     }
@@ -112,7 +112,7 @@ def run_from_flags(_=None) -> str:
     if f.output:
         pathlib.Path(f.output).write_text(json.dumps(result) + "\n")
     return (
-        f"{result['model']} ({'adder' if result['adder'] else 'cnn'}) on {result['dataset']}, "
+        f"{result['model']} ({result['layer']}) on {result['dataset']}, "
         f"step {result['step']}: top-1 {result['top1']:.4f}, top-5 {result['top5']:.4f}, "
         f"loss {result['loss']:.4f} ({result['count']} images)"
     )

@@ -2,7 +2,7 @@
 
 sudo apt-get install dataset-fashion-mnist
 python -m train.mnist --workdir=/tmp/lenet            # AdderNet
-python -m train.mnist --workdir=/tmp/lenet-cnn --config.adder=False
+python -m train.mnist --workdir=/tmp/lenet-cnn --config.layer=conv
 """
 
 from absl import app

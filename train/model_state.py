@@ -20,7 +20,7 @@ from flax import linen as nn
 from flax.training import train_state
 from jax.sharding import Mesh
 
-from adderjax import models, optim
+from adderjax import models, optim, shift
 from train import schedules, sharding
 from train.data import sources
 
@@ -38,6 +38,7 @@ __all__ = [
     "named_leaves",
     "param_names",
     "place",
+    "shift_options",
 ]
 
 
@@ -50,7 +51,7 @@ class AdderOptions:
     """The adder layers' options of a config, one value for every task's models
     (`adderjax.models`, `adderjax.sr_models`); `config_checks` checks the same keys."""
 
-    adder: bool
+    layer: str
     dtype: Any
     input_grad: str
     filter_grad: str
@@ -60,7 +61,7 @@ class AdderOptions:
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict) -> AdderOptions:
         return cls(
-            adder=config.adder,
+            layer=config.layer,
             dtype=jnp.dtype(config.dtype),
             input_grad=config.input_grad,
             filter_grad=config.filter_grad,
@@ -73,9 +74,23 @@ class AdderOptions:
         return dataclasses.asdict(self)
 
 
+def shift_options(config: ml_collections.ConfigDict) -> shift.ShiftOptions:
+    """The shift layers' options of a classification config (its ``shift_*`` keys)."""
+    return shift.ShiftOptions(
+        kind=config.shift_kind,
+        weight_bits=config.weight_bits,
+        sign_threshold=config.sign_threshold,
+        quant_bits=config.shift_quant_bits,
+        frozen=config.shift_frozen,
+    )
+
+
 def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
     return models.get_model(
-        config.model, num_classes=num_classes, **AdderOptions.from_config(config).kwargs()
+        config.model,
+        num_classes=num_classes,
+        shift_options=shift_options(config),
+        **AdderOptions.from_config(config).kwargs(),
     )
 
 
@@ -106,7 +121,7 @@ def make_optimizer(
             eta=config.eta,
         )
     return optax.chain(
-        optax.add_decayed_weights(config.weight_decay),
+        optim.add_decayed_weights(config.weight_decay),
         optax.sgd(lr, momentum=config.momentum or None, nesterov=config.nesterov),
     )
 

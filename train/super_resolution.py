@@ -53,7 +53,7 @@ BEST_METRIC = "psnr"
 RESUME_KEYS = (
     "model",
     "scale",
-    "adder",
+    "layer",
     "self_shortcut",
     "power_activation",
     "features",

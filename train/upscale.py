@@ -71,7 +71,8 @@ def run_from_flags(args: list[str]) -> str:
     (h0, w0), (h1, w1) = image.shape[:2], result.shape[:2]
     return (
         f"{source} ({w0}x{h0}) -> {target} ({w1}x{h1}): "
-        f"{config.model} x{config.scale} ({'AdderSR' if config.adder else 'CNN'}), step {step}"
+        f"{config.model} x{config.scale} ({'AdderSR' if config.layer == 'adder' else 'CNN'}), "
+        f"step {step}"
     )
 
 

@@ -15,10 +15,22 @@ from train.configs import run_control
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
 
-    # Model: a name of `adderjax.models.MODELS`; adder=False trains the CNN of the same
-    # architecture (the comparison every AdderNet table makes).
+    # Model: a name of `adderjax.models.MODELS`, and the kind of its layers
+    # (`adderjax.models.LAYERS`): "adder" (AdderNet), "conv" (the CNN of the same
+    # architecture, the comparison every AdderNet table makes), "shift" (DeepShift) or
+    # "shiftadd" (ShiftAddNet: a shift layer then an adder layer).
     config.model = "resnet20"
-    config.adder = True
+    config.layer = "adder"
+    # The shift layers' options (`adderjax.shift.ShiftOptions`; ShiftAddNet's train.py flags
+    # in brackets): "ps" or "q" [--shift_type], weight bits [--weight_bits 5], the PS sign's
+    # threshold [--sign_threshold_ps None], the fixed-point fraction bits of the inputs and of
+    # the output gradient [--shift_quant_bits 16], and their train_fix.py variant whose shift
+    # layers are drawn once and never trained.
+    config.shift_kind = "ps"
+    config.weight_bits = 5
+    config.sign_threshold = config_dict.placeholder(float)
+    config.shift_quant_bits = 16
+    config.shift_frozen = False
     # Input gradient of the adder layers: "hardtanh" (CVPR eq. 7) or "lp" (journal eq. 27).
     config.input_grad = "hardtanh"
     # Filter gradient of the adder layers: "full_precision" (x - w, CVPR eq. 5) or "sign"

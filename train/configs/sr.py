@@ -32,10 +32,10 @@ def get_config(arg: str = "edsr,2") -> ml_collections.ConfigDict:
         raise ValueError(f"the config argument is MODEL,SCALE (e.g. edsr,2), got {arg!r}") from None
     config = ml_collections.ConfigDict()
 
-    # Model: "vdsr" or "edsr" (`adderjax.sr_models`); adder=False is the CNN.
+    # Model: "vdsr" or "edsr" (`adderjax.sr_models`); layer="conv" is the CNN.
     config.model = model
     config.scale = scale
-    config.adder = True
+    config.layer = "adder"
     # AdderSR's additions to each adder layer (the ablation turns them off).
     config.self_shortcut = True
     config.power_activation = True

@@ -110,9 +110,14 @@ def setup_with(
         plots.plot_curves(
             reporting.read_metrics(workdir / reporting.METRICS_FILENAME), workdir / "curves.png"
         )
-        key = "adder_params" if config.adder else "cnn_params"
-        params = jax.device_get(network(state).params)
-        plots.plot_weight_histograms(**{key: params}, path=workdir / "weights.png")
+        # The histograms of the paper's Figure 4: adder filters or conv filters (a DeepShift
+        # network has neither; ShiftAddNet's adder filters are drawn).
+        key = {"adder": "adder_params", "shiftadd": "adder_params", "conv": "cnn_params"}
+        if config.layer in key:
+            params = jax.device_get(network(state).params)
+            plots.plot_weight_histograms(
+                **{key[config.layer]: params}, path=workdir / "weights.png"
+            )
 
     return trainer.Setup(
         abstract=built.abstract,
