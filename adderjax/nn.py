@@ -270,7 +270,7 @@ def _shift_bias(y, bias, quant_bits):
     quant_bits)`, a call that lacks its argument in their code) and added."""
     if bias is None:
         return y
-    return y + shift.fixed_point(bias, quant_bits).astype(y.dtype)
+    return layer_core.add_bias(y, shift.fixed_point(bias, quant_bits).astype(y.dtype))
 
 
 class ShiftConv(nn.Module):

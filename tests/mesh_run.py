@@ -4,6 +4,7 @@ Started as a subprocess so that XLA_FLAGS (the simulated device count) and
 jax.distributed take effect before jax starts:
 
     python tests/mesh_run.py train --devices 8 --workdir W --data D [--pallas] --out F.npz
+    python tests/mesh_run.py train --devices 8 --workdir W --data D --layer shiftadd --out F.npz
     python tests/mesh_run.py lower  --devices 8 --workdir W --data D --out F.json
     python tests/mesh_run.py distill --devices 8 --workdir W --data D --out F.npz
     python tests/mesh_run.py train  --devices 2 --process-id I --process-count 2 --port P ...
@@ -25,6 +26,7 @@ def _args():
     parser.add_argument("--pallas", action="store_true")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--fsdp", type=int, default=1)
+    parser.add_argument("--layer", default="adder")
     parser.add_argument("--process-id", type=int, default=0)
     parser.add_argument("--process-count", type=int, default=1)
     parser.add_argument("--port", type=int, default=0)
@@ -43,6 +45,7 @@ def _config(args):
     config.progress_bar = False
     config.plots = False
     config.fsdp_size = args.fsdp
+    config.layer = args.layer
     if args.pallas:
         config.implementation = "pallas"
         config.interpret = True

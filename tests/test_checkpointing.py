@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from train import checkpointing
 
@@ -49,3 +50,28 @@ def test_config_of_an_older_checkpoint_gets_the_new_keys_defaults(tmp_path):
     checkpointing.save(mngr, 1, {"x": np.zeros(2)}, data_iterator=None, config=stored)
     checkpointing.check_resumable(mngr, mnist.get_config())  # the same run: no error
     mngr.close()
+
+
+def test_a_checkpoint_from_before_the_layer_kinds_reads_as_layer(tmp_path):
+    """Checkpoints written with ``adder: true / false`` read as ``layer: "adder" / "conv"``,
+    so they evaluate and resume (and refuse another layer kind by its new name)."""
+    from train import config_checks
+    from train.configs import mnist
+
+    for adder, layer in ((True, "adder"), (False, "conv")):
+        old = mnist.get_config().to_dict()
+        del old["layer"]
+        old["adder"] = adder
+        assert checkpointing.upgrade_meta({"config": old})["config"]["layer"] == layer
+        mngr = checkpointing.manager(tmp_path / layer)
+        stored = ml_collections.ConfigDict(old)
+        checkpointing.save(mngr, 1, {"x": np.zeros(2)}, data_iterator=None, config=stored)
+        config = checkpointing.config_from_meta(checkpointing.read_meta(mngr, 1))
+        assert config.layer == layer and "adder" not in config
+        now = mnist.get_config()
+        now.layer = layer
+        checkpointing.check_resumable(mngr, now)
+        now.layer = "shiftadd"
+        with pytest.raises(config_checks.ConfigError, match=f"layer='{layer}' there, 'shiftadd'"):
+            checkpointing.check_resumable(mngr, now)
+        mngr.close()

@@ -49,3 +49,47 @@ def test_eval_step_sums_only_the_valid_rows():
     assert classification.describe({"top1": 0.5, "top5": 1.0, "loss": 2.0}) == (
         "top-1 0.5000 top-5 1.0000 loss 2.0000"
     )
+
+
+def test_train_step_projects_shift_latents_and_keys_the_quantiser_by_step():
+    """After the update the PS shifts are back in [-14, 0] (their forward's in-place clip);
+    the same state and batch give the same step, and another step count another gradient
+    quantisation (the key is fold_in(key(seed), step))."""
+    from flax import traverse_util
+
+    config = mnist.get_config()
+    config.layer = "shiftadd"
+    config.weight_decay = 0.0
+    info = sources.DATASETS[config.dataset]
+    built = model_state.build(config, info)
+    state = built.init(jax.random.key(0))
+    flat = traverse_util.flatten_dict(state.params, sep="/")
+    flat = {k: v - 30.0 if k == "fc1/shift/shift" else v for k, v in flat.items()}
+    state = state.replace(params=traverse_util.unflatten_dict(flat, sep="/"))
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (8, 28, 28, 1), dtype=np.uint8),
+        "label": rng.integers(0, 10, 8).astype(np.int32),
+    }
+    step = jax.jit(
+        lambda state: (
+            classification.train_step(
+                state,
+                batch,
+                1.0,
+                info=info,
+                label_smoothing=0.0,
+                lr_fn=lambda s: 0.1,
+                shift_options=model_state.shift_options(config),
+                seed=config.seed,
+            )[0].params
+        )
+    )
+    new = traverse_util.flatten_dict(step(state), sep="/")
+    assert float(np.min(flat["fc1/shift/shift"])) < -15
+    assert float(np.min(new["fc1/shift/shift"])) == -14.0
+    assert all(float(np.min(v)) >= -14 for k, v in new.items() if k.endswith("/shift"))
+    again = traverse_util.flatten_dict(step(state), sep="/")
+    later = traverse_util.flatten_dict(step(state.replace(step=state.step + 1)), sep="/")
+    assert all(np.array_equal(new[k], again[k]) for k in new)
+    assert not all(np.array_equal(new[k], later[k]) for k in new)

@@ -6,7 +6,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from train import config_checks
-from train.configs import cifar10, cifar100, default, imagenet, mnist, pkkd_cifar, pkkd_imagenet
+from train.configs import (
+    cifar10,
+    cifar100,
+    default,
+    imagenet,
+    mnist,
+    pkkd_cifar,
+    pkkd_imagenet,
+    shiftadd_cifar10,
+)
 
 
 @pytest.mark.parametrize(
@@ -39,8 +48,51 @@ def test_bad_configs_are_one_line_errors(key, value, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"shift_kind": "ps2"}, "config.shift_kind='ps2' is invalid: expected one of 'ps', 'q'"),
+        ({"weight_bits": 1}, "config.weight_bits=1 is invalid: expected an integer >= 2"),
+        ({"sign_threshold": -0.1}, "config.sign_threshold=-0.1 is invalid: expected None or"),
+        (
+            {"shift_kind": "q", "sign_threshold": 0.5},
+            "config.sign_threshold=0.5 is invalid: expected None with shift_kind='q'",
+        ),
+        ({"shift_quant_bits": 2.5}, "config.shift_quant_bits=2.5 is invalid: expected an integer"),
+        (
+            {"shift_frozen": True},
+            "config.shift_frozen=True is invalid: expected False with layer='adder'",
+        ),
+        (
+            {"layer": "shiftadd", "shift_frozen": True, "shift_kind": "q"},
+            "config.shift_frozen=True is invalid: expected False with shift_kind='q'",
+        ),
+        (
+            {"layer": "shift", "shift_frozen": True, "shift_quant_bits": 0},
+            "config.shift_quant_bits=0 is invalid: expected 2 or more with shift_frozen",
+        ),
+        ({"lr_schedule": "linear"}, "config.lr_schedule='linear' is invalid: expected one of"),
+        ({"lr_schedule": "step"}, "config.lr_step_epochs='' is invalid: expected at least one"),
+        ({"lr_step_epochs": "120,80"}, "config.lr_step_epochs='120,80' is invalid: expected"),
+        ({"lr_step_epochs": "80,500"}, "config.lr_step_epochs='80,500' is invalid: expected"),
+        ({"lr_step_epochs": "a"}, "config.lr_step_epochs='a' is invalid: expected"),
+        ({"lr_step_factor": 2.0}, "config.lr_step_factor=2.0 is invalid: expected a number in"),
+        (
+            {"layer": "shiftadd", "distill": "pkkd"},
+            "config.layer='shiftadd' is invalid: expected 'adder' with distill='pkkd'",
+        ),
+    ],
+)
+def test_bad_shift_and_schedule_keys_are_one_line_errors(changes, message):
+    config = ml_collections.ConfigDict(cifar10.get_config().to_dict(), type_safe=False)
+    config.update(changes)
+    with pytest.raises(config_checks.ConfigError) as info:
+        config_checks.validate(config, device_count=8)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
 def test_every_config_file_is_valid():
-    for module in (default, mnist, cifar10, cifar100, imagenet):
+    for module in (default, mnist, cifar10, cifar100, imagenet, shiftadd_cifar10):
         config_checks.validate(module.get_config(), device_count=8)
     for arg in ("resnet20,cifar10", "resnet32,cifar100", "vgg_small,cifar10"):
         config = pkkd_cifar.get_config(arg)

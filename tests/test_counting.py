@@ -118,3 +118,42 @@ def test_shift_layers_count_shifts_and_additions_by_hand():
     assert full.energy_pj == pytest.approx(want)
     with pytest.raises(ValueError, match="has shift layers but energy='float32' has no shift"):
         count_ops(_ShiftAddBlock(), (1, 8, 8, 3))  # "paper" with the default float32 figures
+
+
+def test_shift_networks_of_the_zoo():
+    """ResNet-20 as ShiftAddNet: each inner conv of the CNN becomes a shift conv of its shape
+    (its multiplications become shifts, its accumulations stay) followed by an adder conv of
+    the output width (2 additions a term); as DeepShift every conv, stem and classifier
+    included, is a shift conv, so only BatchNorm multiplies."""
+    cnn = count_ops(models.ResNet20(num_classes=10, layer="conv"), CIFAR, train=False)
+    shiftadd = count_ops(
+        models.ResNet20(num_classes=10, layer="shiftadd"),
+        CIFAR,
+        train=False,
+        energy="shiftaddnas_32bit",
+    )
+    assert shiftadd.multiplications == 0 and shiftadd.shifts == cnn.multiplications
+    shifts = [c for c in shiftadd.layers if c.kind == "shift"]
+    adders = [c for c in shiftadd.layers if c.kind == "adder"]
+    assert [c.name for c in shiftadd.layers] == [
+        n for a, b in zip(shifts, adders, strict=True) for n in (a.name, b.name)
+    ]
+    assert all(c.name.endswith("/shift") for c in shifts)
+    assert all(c.name.endswith("/add") for c in adders)
+    assert sum(c.additions for c in shifts) == cnn.additions
+    for shift_layer, adder in zip(shifts, adders, strict=True):
+        # The adder keeps the shift conv's output size, its kernel, and reads its width.
+        kernel = 9 if shift_layer.reduction % 9 == 0 and "downsample" not in adder.name else 1
+        width = adder.reduction // kernel
+        assert adder.outputs == shift_layer.outputs and adder.outputs % width == 0
+        assert adder.additions == 2 * adder.outputs * adder.reduction
+    deepshift = count_ops(
+        models.ResNet20(num_classes=10, layer="shift"),
+        CIFAR,
+        convention="full",
+        energy="shiftaddnas_8bit",
+        train=False,
+    )
+    bn = sum(c.multiplications for c in deepshift.layers if c.kind == "batchnorm")
+    assert deepshift.multiplications == bn > 0
+    assert {c.kind for c in deepshift.layers} == {"shift", "batchnorm"}

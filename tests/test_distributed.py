@@ -100,6 +100,18 @@ def test_eight_devices_match_one(one_device, data, tmp_path, path, extra):
 
 
 @pytest.mark.slow
+def test_shiftadd_on_eight_devices_matches_one(data, tmp_path):
+    """ShiftAddNet's LeNet-5-BN: the shift layers' stochastic gradient quantisation draws the
+    same numbers whatever the sharding (a key per step, threefry partitionable) and reduces
+    over the global batch, so 8 devices train what 1 does."""
+    _run("train", 1, tmp_path / "one", data, tmp_path / "one.npz", "--layer=shiftadd")
+    _run("train", 8, tmp_path / "eight", data, tmp_path / "eight.npz", "--layer=shiftadd")
+    one, eight = dict(np.load(tmp_path / "one.npz")), dict(np.load(tmp_path / "eight.npz"))
+    assert any(k.endswith("['sign']") for k in one) and any("['add']" in k for k in one)
+    _assert_same_run(eight, one)
+
+
+@pytest.mark.slow
 def test_distillation_on_eight_devices_matches_one(data, tmp_path):
     """PKKD's student, teacher, alignments and their optimizer states after a step on a mesh
     of 8 devices and of 1, in one process (see `mesh_run._distill` for why one), and the

@@ -128,10 +128,12 @@ def test_expected_totals_match_the_per_layer_arithmetic():
 
 
 @functools.cache
-def _abstract(name, adder):
-    """(variables, logits) shapes and dtypes of one model, traced only."""
+def _abstract(name, adder, layer=None):
+    """(variables, logits) shapes and dtypes of one model, traced only; ``layer`` (a kind of
+    `models.LAYERS`) overrides ``adder``."""
     shape, num_classes = CASES[name]
-    model = models.get_model(name, num_classes=num_classes, layer="adder" if adder else "conv")
+    layer = layer or ("adder" if adder else "conv")
+    model = models.get_model(name, num_classes=num_classes, layer=layer)
     x = jax.ShapeDtypeStruct(shape, jnp.float32)
     variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
     logits = jax.eval_shape(lambda v, x: model.apply(v, x, train=False), variables, x)
@@ -464,6 +466,119 @@ def test_p_changes_adder_logits_without_recompiling(adder):
 
 
 # --------------------------------------------------------------------------- registry
+
+
+# ----------------------------------------------------------------- the shift layer kinds
+
+
+@pytest.mark.parametrize("name", ["lenet5_bn", "resnet20", "vgg_small", "resnet50"])
+def test_shift_kinds_replace_each_weight_by_its_layers(name):
+    """From the CNN's weights, written out: "shift" (DeepShift) has the latents "shift" and
+    "sign" of each conv and dense weight's shape, the first and last layer included;
+    "shiftadd" (ShiftAddNet) has them for the first and last layer, and every inner weight
+    (kh, kw, cin, cout) becomes a shift layer of that shape then an adder of (kh, kw, cout,
+    cout); the batch norms stay. A layer bias stays a bias."""
+    cnn = _flat(_abstract(name, False)[0]["params"])
+    outer = FULL_PRECISION[name]
+    want_shift, want_shiftadd = {}, {}
+    for key, shape in cnn.items():
+        layer, leaf = key.rsplit("/", 1)
+        if leaf != "kernel":
+            want_shift[key] = want_shiftadd[key] = shape
+            continue
+        for latent in ("shift", "sign"):
+            want_shift[f"{layer}/{latent}"] = shape
+            if key in outer:
+                want_shiftadd[f"{layer}/{latent}"] = shape
+            else:
+                want_shiftadd[f"{layer}/shift/{latent}"] = shape
+        if key not in outer:
+            want_shiftadd[f"{layer}/add/adder"] = (*shape[:-2], shape[-1], shape[-1])
+    assert _flat(_abstract(name, None, "shift")[0]["params"]) == want_shift
+    assert _flat(_abstract(name, None, "shiftadd")[0]["params"]) == want_shiftadd
+    for layer in ("shift", "shiftadd"):
+        variables, logits = _abstract(name, None, layer)
+        assert logits.shape == (2, CASES[name][1])
+        assert _flat(variables["batch_stats"]) == _flat(_abstract(name, False)[0]["batch_stats"])
+
+
+def _exact_powers_of_two(weights):
+    for path, w in weights.items():
+        w = np.asarray(w)
+        mantissa, _ = np.frexp(w[w != 0])
+        assert np.all(np.abs(mantissa) == 0.5), path
+    return len(weights)
+
+
+@pytest.mark.parametrize("layer", ["shift", "shiftadd"])
+def test_shift_models_apply_powers_of_two_and_train(layer):
+    """Every shift layer's weight is 0 or +-2^k, exactly; a train step reaches every latent
+    and adder filter, and the "shift" rng stream (the output gradient's quantisation)
+    changes the gradient but not the loss."""
+    from adderjax import shift
+
+    model = models.get_model("lenet5_bn", num_classes=10, layer=layer, implementation="xla")
+    x, labels = _images((4, 28, 28, 1), 1), np.array([3, 7, 0, 9])
+    variables = model.init(jax.random.key(0), x, train=False)
+    assert _exact_powers_of_two(shift.shift_weights(variables["params"])) == 5
+
+    def loss(params, rngs):
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"], rngs=rngs
+        )
+        return _cross_entropy(logits, labels)
+
+    grad = jax.jit(jax.value_and_grad(loss))
+    value, grads = grad(variables["params"], {"shift": jax.random.key(1)})
+    plain_value, plain_grads = grad(variables["params"], None)
+    assert value == plain_value
+    for path, g in traverse_util.flatten_dict(grads, sep="/").items():
+        assert np.all(np.isfinite(g)) and np.any(g != 0), path
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(plain_grads), strict=True)
+    )
+
+
+def test_frozen_shift_layers_are_drawn_once_and_never_trained():
+    """Their train_fix.py: PS latents drawn as integers in [-7, 0] and ternary signs, about half
+    of them zero at threshold 0.5, and no gradient reaches them; the adder filters and
+    batch norms still train."""
+    from adderjax import shift
+
+    options = shift.ShiftOptions(frozen=True)
+    model = models.get_model("lenet5_bn", num_classes=10, layer="shiftadd", shift_options=options)
+    x, labels = _images((4, 28, 28, 1), 1), np.array([3, 7, 0, 9])
+    variables = model.init(jax.random.key(0), x, train=False)
+    flat = traverse_util.flatten_dict(variables["params"], sep="/")
+    shifts = np.concatenate([np.ravel(v) for k, v in flat.items() if k.endswith("/shift")])
+    signs = np.concatenate([np.ravel(v) for k, v in flat.items() if k.endswith("/sign")])
+    assert set(np.unique(shifts)) <= set(range(-7, 1)) and set(np.unique(signs)) == {-1, 0, 1}
+    assert 0.45 < np.mean(signs == 0) < 0.55  # |U(-1, 1)| <= 0.5 has probability 1/2
+
+    def loss(params):
+        logits, _ = model.apply(
+            {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+        )
+        return _cross_entropy(logits, labels)
+
+    grads = traverse_util.flatten_dict(jax.grad(loss)(variables["params"]), sep="/")
+    for path, g in grads.items():
+        frozen = path.endswith(("/shift", "/sign"))
+        assert np.any(g != 0) != frozen, path
+
+
+def test_a_bad_layer_kind_is_one_line():
+    with pytest.raises(ValueError, match=r"^layer='mul' is not one of 'conv', 'adder', 'shift'"):
+        models.get_model("resnet20", num_classes=10, layer="mul")
+    with pytest.raises(ValueError, match=r"frozen=True needs kind='ps'"):
+        models.get_model("resnet20", num_classes=10, shift_options=shift_options(kind="q"))
+
+
+def shift_options(**kw):
+    from adderjax.shift import ShiftOptions
+
+    return ShiftOptions(frozen=True, **kw)
 
 
 def test_registry():

@@ -472,3 +472,36 @@ def test_doctests():
     result = doctest.testmod(optim)
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_no_weight_decay_on_shift_and_sign_latents():
+    """ShiftAddNet's parameter groups: weight decay on everything but DeepShift-PS's shift and
+    sign latents (their Q weights and adder filters decay); the state is optax's unmasked one,
+    so optimizer states of models without shift layers keep their layout."""
+    params = {
+        "conv": {"shift": jnp.full(2, -3.0), "sign": jnp.full(2, 0.5)},
+        "q": {"shift_weight": jnp.full(2, 0.25)},
+        "add": {"adder": jnp.ones(2)},
+        "bn": {"scale": jnp.ones(2)},
+    }
+    assert optim.decay_mask(params) == {
+        "conv": {"shift": False, "sign": False},
+        "q": {"shift_weight": True},
+        "add": {"adder": True},
+        "bn": {"scale": True},
+    }
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    tx = optim.adder_sgd(learning_rate=1.0, momentum=0.0, weight_decay=0.5)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    assert jax.tree.map(lambda u: float(u[0]), updates) == {
+        "conv": {"shift": 0.0, "sign": 0.0},
+        "q": {"shift_weight": -0.125},
+        "add": {"adder": -0.5},  # decay added after the adaptive rate (of a zero gradient: 0)
+        "bn": {"scale": -0.5},
+    }
+    decay = optim.add_decayed_weights(0.5)
+    assert jax.tree.structure(decay.init(params)) == jax.tree.structure(
+        optax.add_decayed_weights(0.5).init(params)
+    )
+    with pytest.raises(ValueError, match="needs params"):
+        decay.update(zeros, decay.init(params))

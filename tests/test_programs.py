@@ -13,8 +13,12 @@ import subprocess
 import sys
 
 import datafiles
+import numpy as np
 import pytest
 from conftest import CACHE_DIR, XLA_FLAGS
+
+from adderjax import shift
+from train import saved_models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -147,6 +151,48 @@ def test_programs_under_tfds_mock(tmp_path, module, extra):
     ]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("module", "data_format", "extra"),
+    [
+        ("train.mnist", "idx", ["--config.layer=shift"]),
+        ("train.mnist", "idx", ["--config.layer=shiftadd", "--config.shift_frozen=True"]),
+        ("train.cifar", "cifar_pickle", ["--config.layer=shiftadd"]),
+        ("train.imagenet", "tfds", ["--config.layer=shift", "--config.shift_kind=q"]),
+    ],
+    ids=["idx-shift", "idx-shiftadd-frozen", "pickle-shiftadd", "tfds-shift-q"],
+)
+def test_shift_layer_kinds_through_the_programs(tmp_path, module, data_format, extra):
+    """DeepShift and ShiftAddNet networks train, resume and evaluate through the programs, on
+    each input format; their checkpoints hold exact powers of two."""
+    workdir = tmp_path / "w"
+    args = [module, f"--workdir={workdir}", "--config.worker_count=0", *SMALL, *extra]
+    mock = None
+    if data_format == "idx":
+        data = datafiles.write_idx_dir(tmp_path / "data", num_train=16, num_test=8)
+        args.append(f"--config.data_dir={data}")
+    elif data_format == "cifar_pickle":
+        data = datafiles.write_cifar10_dir(tmp_path / "data", num_train=16, num_test=8)
+        args += [f"--config.data_dir={data}", "--config.data_format=cifar_pickle"]
+        args.append("--config.model=lenet5_bn")
+    else:
+        args += ["--config.image_size=32", "--config.model=lenet5_bn"]
+        mock = 8
+    assert "(8 images, step 2)" in _final_line(_ok(_run(args, mock_examples=mock)))
+    proc = _ok(_run([*args, "--config.num_train_steps=3"], mock_examples=mock))
+    assert "step 3)" in _final_line(proc)
+    _, variables, config = saved_models.load_model(str(workdir))
+    weights = shift.shift_weights(variables["params"], weight_bits=config.weight_bits)
+    assert len(weights) == 5  # LeNet-5-BN: conv1, conv2, fc1, fc2, fc3
+    for path, w in weights.items():
+        mantissa, _ = np.frexp(np.asarray(w)[np.asarray(w) != 0])
+        assert np.all(np.abs(mantissa) == 0.5), path
+    if data_format == "idx":
+        layer = extra[0].split("=")[1]
+        out = _ok(_run(["train.eval", f"--workdir={workdir}"]))
+        assert f"lenet5_bn ({layer}) on fashion_mnist, step 3: top-1" in out.stdout
+
+
 def _one_line_error(proc, expected):
     assert proc.returncode == 2, (proc.stdout, proc.stderr[-3000:])
     assert "Traceback" not in proc.stderr
@@ -161,6 +207,11 @@ def _one_line_error(proc, expected):
         (["--config.model=resnet1000"], "config.model='resnet1000' is invalid: expected one of"),
         (["--config.dataset=svhn"], "config.dataset='svhn' is invalid"),
         (["--config.num_epochs=-3"], "config.num_epochs=-3 is invalid: expected an integer >= 1"),
+        (["--config.layer=mul"], "config.layer='mul' is invalid: expected one of 'conv', 'adder'"),
+        (
+            ["--config.layer=shift", "--config.weight_bits=1"],
+            "config.weight_bits=1 is invalid: expected an integer >= 2",
+        ),
         (
             ["--config.dataset=mnist", "--config.data_dir=/nonexistent/mnist"],
             "/nonexistent/mnist",

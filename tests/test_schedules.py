@@ -25,3 +25,18 @@ def test_learning_rate_schedule():
     assert float(lr(10)) == pytest.approx(0.1)
     assert float(lr(25)) == pytest.approx(0.05, rel=1e-5)
     assert float(lr(40)) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_step_schedule_is_multisteplr():
+    """ShiftAddNet's recipe: 0.1, x0.1 from epoch 80 and again from 120 (PyTorch's
+    MultiStepLR), also after a warmup."""
+    config = default.get_config()
+    config.num_epochs, config.learning_rate = 160, 0.1
+    config.lr_schedule, config.lr_step_epochs, config.lr_step_factor = "step", "80,120", 0.1
+    lr = schedules.learning_rate(config, steps_per_epoch=10)
+    got = [float(lr(s)) for s in (0, 799, 800, 1199, 1200, 1599)]
+    assert got == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001, 0.001])
+    config.warmup_epochs = 2
+    lr = schedules.learning_rate(config, steps_per_epoch=10)
+    assert [float(lr(s)) for s in (10, 20, 799, 800)] == pytest.approx([0.05, 0.1, 0.1, 0.01])
+    assert schedules.step_epochs(config) == [80, 120]

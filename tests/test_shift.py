@@ -187,3 +187,66 @@ def test_project_latents_does_what_their_in_place_writes_do():
         shift.shift_weights(params).values(), shift.shift_weights(out).values(), strict=True
     ):
         np.testing.assert_array_equal(before, after)
+
+
+def test_round_act_rounds_to_nearest_without_a_clip():
+    """Their frozen layers' input rounding (`se_shift/conv_mask_shift.py:24-31`): to the
+    nearest multiple of 2^-15 at 16 bits, ties to even as torch.round, no clip; the gradient
+    straight through."""
+    u = 2.0**-15
+    x = jnp.asarray([1.5 * u, 2.5 * u, -0.4 * u, 0.6 * u, 1e6, -7.25], jnp.float32)
+    np.testing.assert_array_equal(shift.round_act(x), [2 * u, 2 * u, 0, u, 1e6, -7.25])
+    np.testing.assert_array_equal(shift.round_act(jnp.asarray([0.3, 0.75]), 2), [0.5, 1.0])
+    np.testing.assert_array_equal(jax.grad(lambda x: (3 * shift.round_act(x)).sum())(x), 3.0)
+
+
+def test_frozen_latents_are_their_frozen_layers():
+    """`SEConv2d.reset_parameters` at its defaults: shifts uniform over [-7.5, -0.5] rounded
+    (so -7..-1, and 0 only from -0.5 itself), signs U(-1, 1) ternary at 0.5; `ps_weight` of
+    them is sign * 2^shift exactly."""
+    latents = shift.frozen_init_params(jax.random.key(3), (64, 64))
+    shifts, signs = np.asarray(latents["shift"]), np.asarray(latents["sign"])
+    assert set(np.unique(shifts)) == set(range(-7, 0))
+    counts = np.bincount(-shifts.astype(int).ravel())[1:]
+    assert counts.min() > 0.6 * counts.mean()  # the end codes -7 and -1 get half-width bins
+    assert set(np.unique(signs)) == {-1.0, 0.0, 1.0} and 0.45 < np.mean(signs == 0) < 0.55
+    w = shift.ps_weight(latents["shift"], latents["sign"])
+    np.testing.assert_array_equal(w, signs * np.exp2(shifts))
+
+
+def test_frozen_conv_quantises_no_gradient():
+    x = jax.random.normal(jax.random.key(0), (2, 5, 5, 3))
+    w = shift.ps_weight(*shift.frozen_init_params(jax.random.key(1), (3, 3, 3, 4)).values())
+    pad = [(1, 1), (1, 1)]
+
+    def grad(frozen):
+        f = lambda x: jnp.sum(  # noqa: E731
+            jnp.sin(shift.shift_conv(x, w, (1, 1), pad, key=jax.random.key(2), frozen=frozen))
+        )
+        return jax.grad(f)(x)
+
+    plain = jax.grad(
+        lambda x: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+            shift.round_act(x), w, (1, 1), pad, dimension_numbers=("NHWC", "HWIO", "NHWC")
+        )))
+    )(x)  # fmt: skip
+    np.testing.assert_array_equal(grad(True), plain)
+    assert not np.array_equal(grad(False), plain)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"kind": "p"}, "kind='p' is not one of 'ps', 'q'"),
+        ({"weight_bits": 1}, "weight_bits=1 is invalid: expected an integer >= 2"),
+        ({"kind": "q", "sign_threshold": 0.5}, "sign_threshold=0.5 is invalid"),
+        ({"quant_bits": -1}, "quant_bits=-1 is invalid"),
+        ({"frozen": "yes"}, "frozen='yes' is invalid: expected True or False"),
+        ({"frozen": True, "kind": "q"}, "frozen=True needs kind='ps' and quant_bits >= 2"),
+        ({"frozen": True, "quant_bits": 1}, "frozen=True needs kind='ps' and quant_bits >= 2"),
+    ],
+)
+def test_bad_shift_options_are_one_line(kwargs, message):
+    with pytest.raises(ValueError) as info:
+        shift.ShiftOptions(**kwargs)
+    assert message in str(info.value) and "\n" not in str(info.value)

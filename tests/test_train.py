@@ -26,19 +26,36 @@ def _final_params(workdir):
     return step, restored["state"]
 
 
-def test_resume_continues_exactly(idx_dir, tmp_path):
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {},
+        # The shift layers' gradient quantisation draws from a key of the step: resumed, the
+        # same draws; DeepShift-Q's latents and their projection after each update.
+        pytest.param({"layer": "shiftadd"}, marks=pytest.mark.slow),
+        pytest.param({"layer": "shift", "shift_kind": "q"}, marks=pytest.mark.slow),
+    ],
+    ids=["adder", "shiftadd", "shift_q"],
+)
+def test_resume_continues_exactly(idx_dir, tmp_path, layer):
     """A run stopped after step 3 (mid-epoch) and restarted ends with the same parameters,
     batch statistics and optimizer state as an uninterrupted run: data order included."""
     straight = trainer.run(
-        datafiles.small_config(idx_dir, num_train_steps=6), tmp_path / "a", tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=6, **layer),
+        tmp_path / "a",
+        tasks.classification,
     )
     first = trainer.run(
-        datafiles.small_config(idx_dir, num_train_steps=3), tmp_path / "b", tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=3, **layer),
+        tmp_path / "b",
+        tasks.classification,
     )
     assert first["step"] == 3
     assert checkpointing.manager(tmp_path / "b" / "checkpoints").all_steps() == [3]
     resumed = trainer.run(
-        datafiles.small_config(idx_dir, num_train_steps=6), tmp_path / "b", tasks.classification
+        datafiles.small_config(idx_dir, num_train_steps=6, **layer),
+        tmp_path / "b",
+        tasks.classification,
     )
     assert resumed["step"] == straight["step"] == 6
     step_a, state_a = _final_params(tmp_path / "a")

@@ -9,6 +9,7 @@ import pathlib
 import ml_collections
 
 from adderjax import distill, geometry, models, optim, shift, sr_models
+from train import schedules
 from train.configs import default
 from train.configs import sr as sr_config
 from train.data import pipeline, sources
@@ -94,6 +95,7 @@ def validate(config: ml_collections.ConfigDict, *, device_count: int) -> None:
         )
     except optim.InvalidArgumentError as e:
         raise _bad(e.name, e.value, e.expected) from None
+    _check_lr_schedule(config)
     if not isinstance(config.adaptive_lr, bool):
         raise _bad("adaptive_lr", config.adaptive_lr, "True or False")
     smoothing = _number(config, "label_smoothing")
@@ -125,6 +127,26 @@ def _check_layers(config: ml_collections.ConfigDict) -> None:
         raise _bad("interpret", True, "False unless implementation='pallas'")
     if config.filter_grad == "sign" and config.implementation == "pallas":
         raise _bad("filter_grad", "sign", "'full_precision' with implementation='pallas'")
+
+
+def _check_lr_schedule(config: ml_collections.ConfigDict) -> None:
+    _one_of(config, "lr_schedule", ("cosine", "step"))
+    epochs = config.lr_step_epochs
+    expected = f"comma-separated increasing epochs in [{config.warmup_epochs + 1}, num_epochs)"
+    if not isinstance(epochs, str):
+        raise _bad("lr_step_epochs", epochs, expected)
+    try:
+        values = schedules.step_epochs(config)
+    except ValueError:
+        raise _bad("lr_step_epochs", epochs, expected) from None
+    bounds_ok = all(config.warmup_epochs < e < config.num_epochs for e in values)
+    if values != sorted(set(values)) or not bounds_ok:
+        raise _bad("lr_step_epochs", epochs, expected)
+    if config.lr_schedule == "step" and not values:
+        raise _bad("lr_step_epochs", epochs, "at least one epoch with lr_schedule='step'")
+    factor = _number(config, "lr_step_factor")
+    if not 0 < factor <= 1:
+        raise _bad("lr_step_factor", factor, "a number in (0, 1]")
 
 
 def _check_shift(config: ml_collections.ConfigDict) -> None:

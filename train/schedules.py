@@ -10,11 +10,26 @@ import ml_collections
 import optax
 
 
+def step_epochs(config: ml_collections.ConfigDict) -> list[int]:
+    """The epochs of ``lr_step_epochs`` ("80,120" -> [80, 120]; "" -> [])."""
+    return [int(e) for e in config.get("lr_step_epochs", "").split(",") if e.strip()]
+
+
 def learning_rate(config: ml_collections.ConfigDict, steps_per_epoch: int) -> optax.Schedule:
-    """Linear warmup for `warmup_epochs`, then cosine decay to 0 at the last step."""
+    """Linear warmup for `warmup_epochs`, then cosine decay to 0 at the last step, or with
+    ``lr_schedule="step"`` the rate times ``lr_step_factor`` from each of ``lr_step_epochs``
+    on (PyTorch's MultiStepLR, as ShiftAddNet's recipe)."""
     total = config.num_epochs * steps_per_epoch
     warmup = config.warmup_epochs * steps_per_epoch
-    cosine = optax.cosine_decay_schedule(config.learning_rate, max(total - warmup, 1))
+    if config.get("lr_schedule", "cosine") == "step":
+        factor = config.lr_step_factor
+        boundaries = {
+            (e - config.warmup_epochs) * steps_per_epoch: factor for e in step_epochs(config)
+        }
+        decay = optax.piecewise_constant_schedule(config.learning_rate, boundaries)
+    else:
+        decay = optax.cosine_decay_schedule(config.learning_rate, max(total - warmup, 1))
+    cosine = decay
     if warmup == 0:
         return cosine
     ramp = optax.linear_schedule(0.0, config.learning_rate, warmup)

@@ -71,6 +71,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_batch_size = 256
     config.num_epochs = 400
     config.learning_rate = 0.1
+    # "cosine" (to 0 at the last step, after warmup) or "step" (the rate times lr_step_factor
+    # at each epoch of lr_step_epochs, comma-separated: ShiftAddNet's "80,120" at 0.1).
+    config.lr_schedule = "cosine"
+    config.lr_step_epochs = ""
+    config.lr_step_factor = 0.1
     config.warmup_epochs = 0
     config.momentum = 0.9
     config.nesterov = False
