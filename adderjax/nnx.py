@@ -278,12 +278,18 @@ class AdderLinear(nnx.Module):
 class _ShiftLayer(nnx.Module):
     """The latents and options of a shift layer (`ShiftConv`, `ShiftLinear`)."""
 
-    def _init_shift(self, shape, kind, weight_bits, sign_threshold, quant_bits, dtype,
+    def _init_shift(self, shape, kind, weight_bits, sign_threshold, quant_bits, frozen, dtype,
                     param_dtype, rngs):  # fmt: skip
         shift.check_layer_args(kind, weight_bits, sign_threshold, quant_bits)
+        shift.check_frozen(frozen, kind, quant_bits)
         for name in shift.LATENTS[kind]:  # each latent from its own key, as `adderjax.nn`'s
-            value = shift.init_params(rngs.params(), kind, shape, weight_bits, param_dtype)[name]
+            if frozen:
+                value = shift.frozen_init_params(rngs.params(), shape, param_dtype)[name]
+            else:
+                value = shift.init_params(rngs.params(), kind, shape, weight_bits, param_dtype)
+                value = value[name]
             setattr(self, name, nnx.Param(value))
+        self.frozen = frozen
         self.kind = kind
         self.weight_bits = weight_bits
         self.sign_threshold = sign_threshold
@@ -293,6 +299,8 @@ class _ShiftLayer(nnx.Module):
 
     def _weight(self):
         params = {name: getattr(self, name)[...] for name in shift.LATENTS[self.kind]}
+        if self.frozen:  # never trained: no gradient reaches the latents
+            params = jax.tree.map(jax.lax.stop_gradient, params)
         return shift.effective_weight(params, self.kind, self.weight_bits, self.sign_threshold)
 
 
@@ -301,7 +309,7 @@ class ShiftConv(_ShiftLayer):
 
     Args:
       in_features, out_features, kernel_size, strides, padding: as `AdderConv`.
-      kind, weight_bits, sign_threshold, quant_bits, dtype, param_dtype: as
+      kind, weight_bits, sign_threshold, quant_bits, frozen, dtype, param_dtype: as
         `adderjax.nn.ShiftConv`.
       rngs: the `nnx.Rngs` the latents are initialised from.
 
@@ -335,13 +343,14 @@ class ShiftConv(_ShiftLayer):
         weight_bits: int = 5,
         sign_threshold: float | None = None,
         quant_bits: int = 16,
+        frozen: bool = False,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         kernel_size, strides, padding = layer_core.conv_args(kernel_size, strides, padding)
         shape = kernel_size + (in_features, out_features)
-        self._init_shift(shape, kind, weight_bits, sign_threshold, quant_bits, dtype,
+        self._init_shift(shape, kind, weight_bits, sign_threshold, quant_bits, frozen, dtype,
                          param_dtype, rngs)  # fmt: skip
         self.in_features = in_features
         self.out_features = out_features
@@ -357,7 +366,13 @@ class ShiftConv(_ShiftLayer):
         (inputs,) = nnx.nn.dtypes.promote_dtype((inputs,), dtype=self.dtype)
         return layer_core.batched_conv(
             lambda x: shift.shift_conv(
-                x, weight, self.strides, self.padding, quant_bits=self.quant_bits, key=key
+                x,
+                weight,
+                self.strides,
+                self.padding,
+                quant_bits=self.quant_bits,
+                key=key,
+                frozen=self.frozen,
             ),
             inputs,
         )
@@ -367,7 +382,8 @@ class ShiftLinear(_ShiftLayer):
     """Bit-shift dense layer over the last axis: `adderjax.nn.ShiftDense` as an NNX module.
 
     Args: ``in_features``, ``out_features``, ``rngs`` and, as `ShiftConv`, ``kind``,
-    ``weight_bits``, ``sign_threshold``, ``quant_bits``, ``dtype``, ``param_dtype``. The
+    ``weight_bits``, ``sign_threshold``, ``quant_bits``, ``frozen``, ``dtype``,
+    ``param_dtype``. The
     latents have shape ``(in_features, out_features)``; a call's ``key`` quantises the
     output's gradient.
     """
@@ -381,12 +397,13 @@ class ShiftLinear(_ShiftLayer):
         weight_bits: int = 5,
         sign_threshold: float | None = None,
         quant_bits: int = 16,
+        frozen: bool = False,
         dtype: Dtype | None = None,
         param_dtype: Dtype = jnp.float32,
         rngs: nnx.Rngs,
     ):
         self._init_shift((in_features, out_features), kind, weight_bits, sign_threshold,
-                         quant_bits, dtype, param_dtype, rngs)  # fmt: skip
+                         quant_bits, frozen, dtype, param_dtype, rngs)  # fmt: skip
         self.in_features = in_features
         self.out_features = out_features
 
@@ -395,4 +412,6 @@ class ShiftLinear(_ShiftLayer):
         layer_core.check_inputs(inputs, 1, "(..., in_features)")
         layer_core.check_in_features(inputs, self.in_features)
         (inputs,) = nnx.nn.dtypes.promote_dtype((inputs,), dtype=self.dtype)
-        return shift.shift_dense(inputs, self._weight(), quant_bits=self.quant_bits, key=key)
+        return shift.shift_dense(
+            inputs, self._weight(), quant_bits=self.quant_bits, key=key, frozen=self.frozen
+        )

@@ -28,6 +28,7 @@ def test_docs_python_blocks_run():
     assert namespace["q"].tolist() == [0.25, -1.0, 2.0**-15]
     assert namespace["y_shift"].shape == (2, 6, 6, 8)
     assert set(namespace["shift_layer_weights"]) == {""}
+    assert namespace["shiftadd_ops"].multiplications == 0 and namespace["shiftadd_ops"].shifts
 
 
 def test_every_doc_link_resolves():

@@ -374,3 +374,25 @@ def test_shift_layer_options_fail_where_the_layer_is_built():
     layer = adder_nnx.ShiftLinear(6, 3, rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="expects in_features=6"):
         layer(jnp.ones((2, 5)))
+
+
+def test_frozen_shift_layers_compute_what_the_linen_ones_do():
+    """Their frozen layers as NNX modules: the linen layer's forward on the same latents, no
+    gradient to the latents, the input's gradient unquantised even with a key."""
+    conv = adder_nnx.ShiftConv(2, 4, 3, padding=1, frozen=True, rngs=nnx.Rngs(0))
+    params = {"shift": conv.shift[...], "sign": conv.sign[...]}
+    assert set(np.unique(params["shift"])) <= set(range(-7, 1))
+    x = jnp.asarray(np.random.default_rng(1).normal(size=X_SHAPE), jnp.float32)
+    linen = adder_nn.ShiftConv(features=4, kernel_size=3, padding=1, frozen=True)
+    np.testing.assert_array_equal(conv(x), linen.apply({"params": params}, x))
+    grads = nnx.grad(lambda m: jnp.sum(m(x, key=jax.random.key(3)) ** 2))(conv)
+    assert not np.any(grads.shift[...]) and not np.any(grads.sign[...])
+    g_key = jax.grad(lambda x: jnp.sum(conv(x, key=jax.random.key(3)) ** 2))(x)
+    np.testing.assert_array_equal(g_key, jax.grad(lambda x: jnp.sum(conv(x) ** 2))(x))
+    dense = adder_nnx.ShiftLinear(6, 3, frozen=True, rngs=nnx.Rngs(1))
+    z = jnp.asarray(np.random.default_rng(2).normal(size=(5, 6)), jnp.float32)
+    dparams = {"shift": dense.shift[...], "sign": dense.sign[...]}
+    linen_dense = adder_nn.ShiftDense(features=3, frozen=True)
+    np.testing.assert_array_equal(dense(z), linen_dense.apply({"params": dparams}, z))
+    with pytest.raises(ValueError, match="frozen=True needs kind='ps'"):
+        adder_nnx.ShiftLinear(6, 3, frozen=True, kind="q", rngs=nnx.Rngs(1))
