@@ -209,3 +209,54 @@ def test_paper_tables_reads_finished_runs_without_running_them(tmp_path):
     assert proc.stdout == ""
     assert proc.stderr.startswith(f"error: {tmp_path / 'cnn'} holds another run (")
     assert "--config.num_epochs=1" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_shift_table_reads_finished_runs_and_counts_each_network(tmp_path):
+    """benchmarks/shift_table.py: its rows are valid configs; finished runs are read, not run
+    again; each row has its per-image operation counts (the CNN multiplies, DeepShift
+    shifts, the adder networks add)."""
+    import argparse
+    import json
+
+    import ml_collections
+
+    from train import config_checks
+    from train.configs import mnist
+
+    sys.path.insert(0, str(BENCH))
+    try:
+        import shift_table
+    finally:
+        sys.path.remove(str(BENCH))
+    args = argparse.Namespace(epochs=1, steps=0, data_dir=None, resnet20=False)
+    for i, (_, prefix, overrides) in enumerate(shift_table.ROWS):
+        config = mnist.get_config()
+        for flag in overrides:
+            key, value = flag.removeprefix("--config.").split("=")
+            config[key] = value == "True" if value in ("True", "False") else value
+        config_checks.validate(ml_collections.ConfigDict(config), device_count=1)
+        for seed in (0, 1):
+            name = f"{prefix}_s{seed}"
+            (tmp_path / name).mkdir()
+            command = shift_table._command(tmp_path, name, overrides, seed, args)
+            (tmp_path / name / "command.txt").write_text(" ".join(command) + "\n")
+            top1 = 0.5 + i / 10 + seed / 100
+            (tmp_path / name / "results.json").write_text(json.dumps({"top1": top1}))
+            (tmp_path / name / "wall_seconds.txt").write_text("10\n")
+            (tmp_path / name / "metrics.jsonl").write_text("")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "shift_table.py"), f"--root={tmp_path}", "--epochs=1",
+         "--seeds", "0", "1"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""  # nothing was run
+    rows = {line.split(" | ")[0][2:]: line.split(" | ") for line in proc.stdout.splitlines()}
+    assert rows["CNN"][1:4] == ["50.00", "51.00", "50.50 ± 0.71"]
+    assert rows["CNN"][4] == "0.423M" and rows["CNN"][6] == "0.000M"
+    assert rows["DeepShift-PS"][6] == rows["ShiftAddNet"][6] == "0.417M"  # the CNN's products
+    assert rows["AdderNet"][6] == "0.000M" and rows["ShiftAddNet, frozen shifts"][3] == (
+        "90.50 ± 0.71"
+    )
