@@ -11,9 +11,34 @@ and ``fc`` with a bias. ``adder=False`` gives the CNN of the same layout (``nn.C
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+class AdderGradients(torch.autograd.Function):
+    """``-sum_k |x_k - w_k|`` of filters (O, K) and patches (N, K, L) -> (N, O, L), with the
+    reference's backward (``adder.py``'s ``adder.backward``): the full-precision filter
+    gradient ``sum (x - w) g`` rescaled to norm ``eta * sqrt(O * K)`` (the adaptive learning
+    rate, applied inside the gradient, norm clamped at 1e-12), and the HardTanh input
+    gradient ``sum -clamp(x - w, -1, 1) g``."""
+
+    @staticmethod
+    def forward(ctx, filters, cols, eta):
+        ctx.save_for_backward(filters, cols)
+        ctx.eta = eta
+        return -(cols[:, None] - filters[None, :, :, None]).abs().sum(2)
+
+    @staticmethod
+    def backward(ctx, g):
+        filters, cols = ctx.saved_tensors
+        diff = cols[:, None] - filters[None, :, :, None]  # (N, O, K, L)
+        dw = (diff * g[:, :, None]).sum((0, 3))
+        dw = dw / dw.norm(p=2).clamp(min=1e-12) * math.sqrt(dw.numel()) * ctx.eta
+        dx = (-diff.clamp(-1, 1) * g[:, :, None]).sum(1)
+        return dw, dx, None
 
 
 class Adder2d(nn.Module):
@@ -21,6 +46,7 @@ class Adder2d(nn.Module):
         super().__init__()
         self.stride, self.padding, self.kernel_size = stride, padding, kernel_size
         self.adder = nn.Parameter(torch.randn(cout, cin, kernel_size, kernel_size))
+        self.eta = None  # `use_reference_gradients` sets it: then the reference's backward
 
     def forward(self, x):
         n, _, h, w = x.shape
@@ -28,8 +54,19 @@ class Adder2d(nn.Module):
         ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
         cols = F.unfold(x, k, padding=p, stride=s)  # (N, C*k*k, L)
         filters = self.adder.view(self.adder.shape[0], -1)  # (O, C*k*k)
+        if self.eta is not None:
+            return AdderGradients.apply(filters, cols, self.eta).view(n, -1, ho, wo)
         y = -(cols[:, None] - filters[None, :, :, None]).abs().sum(2)
         return y.view(n, -1, ho, wo)
+
+
+def use_reference_gradients(model: nn.Module, eta: float = 0.2) -> nn.Module:
+    """Every `Adder2d` of ``model`` with the reference's backward (`AdderGradients`), as the
+    authors train: then ``torch.optim.SGD`` is their optimizer."""
+    for m in model.modules():
+        if isinstance(m, Adder2d):
+            m.eta = eta
+    return model
 
 
 def _conv(adder, cin, cout, k, stride=1, padding=0):

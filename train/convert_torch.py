@@ -217,19 +217,26 @@ def _config(arch: str, dataset: str, adder: bool):
 
 
 def convert_state_dict(
-    state_dict: Mapping[str, np.ndarray], arch: str, *, dataset: str | None = None
+    state_dict: Mapping[str, np.ndarray],
+    arch: str,
+    *,
+    dataset: str | None = None,
+    dtype: Any = None,
 ) -> tuple[dict, Any]:
     """PyTorch state dict (numpy arrays) -> (Flax variables, training config).
+
+    The variables are in the model's dtypes (float32), or all in ``dtype`` when given
+    (``np.float64`` keeps a float64 state dict's digits, e.g. to follow PyTorch in float64).
 
     Raises:
       ConversionError: unknown arch, or keys/shapes that do not match it (the first
         mismatches of each kind are listed).
     """
-    variables, config, _ = _convert(state_dict, arch, dataset)
+    variables, config, _ = _convert(state_dict, arch, dataset, dtype)
     return variables, config
 
 
-def _convert(state_dict, arch: str, dataset: str | None):
+def _convert(state_dict, arch: str, dataset: str | None, dtype: Any = None):
     """(variables, config, `model_state.ModelState` of the config)."""
     if arch not in models.MODELS:
         raise ConversionError(f"--arch={arch}: expected one of {', '.join(models.MODELS)}")
@@ -251,7 +258,9 @@ def _convert(state_dict, arch: str, dataset: str | None):
         kind = "AdderNet" if adder else "CNN"
         raise ConversionError(f"the checkpoint is not a {arch} {kind}: {problem}")
     treedef = jax.tree_util.tree_structure(abstract)
-    leaves = [_from_torch_layout(state_dict[torch_key(p)]).astype(flat[p].dtype) for p in flat]
+    leaves = [
+        _from_torch_layout(state_dict[torch_key(p)]).astype(dtype or flat[p].dtype) for p in flat
+    ]
     # tree_flatten_with_path and tree_structure walk the same order.
     return jax.tree_util.tree_unflatten(treedef, leaves), config, built
 
