@@ -1,5 +1,8 @@
 """`train.classification`: normalisation, top-k, and the eval step's masked sums."""
 
+import pathlib
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,74 +104,21 @@ def test_three_steps_follow_the_reference_pytorch_training_in_float64():
     """ResNet-20 AdderNet, the authors' training in PyTorch (their adder backward with its
     adaptive rate, `torch.optim.SGD` with momentum and weight decay, BatchNorm in train mode)
     beside `train_step` with `adderjax.optim.adder_sgd`, from the same weights, both in
-    float64: after 3 steps every parameter and BatchNorm statistic agrees to 1e-5 of its
-    largest value."""
-    torch = pytest.importorskip("torch")
-    import torch_reference
-    from torch.nn import functional as F
+    float64 (`benchmarks/torch_trajectory.py`): after 3 steps every parameter and BatchNorm
+    statistic agrees to 1e-5 of its largest value, and every one of them moved."""
+    pytest.importorskip("torch")
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import torch_trajectory
+    finally:
+        sys.path.pop(0)
 
-    from adderjax import models, optim
-    from train import convert_torch
-
-    torch.manual_seed(0)
-    net = torch_reference.use_reference_gradients(torch_reference.resnet20(), eta=0.2)
-    gen = torch.Generator().manual_seed(1)
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):  # scales and shifts that show in the steps
-            with torch.no_grad():
-                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=gen))
-                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-    net = net.double().train()
-    info = sources.DATASETS["cifar10"]
-    rng = np.random.default_rng(0)
-    batches = [
-        {
-            "image": rng.integers(0, 256, (4, 32, 32, 3), dtype=np.uint8),
-            "label": rng.integers(0, 10, 4).astype(np.int32),
-        }
-        for _ in range(3)
-    ]
-
-    def state_dict():
-        return {k: v.detach().numpy().copy() for k, v in net.state_dict().items()}
-
-    start, _ = convert_torch.convert_state_dict(state_dict(), "resnet20", dtype=np.float64)
-    sgd = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    for batch in batches:
-        x = np.asarray(classification.normalize(batch["image"], info), np.float64)
-        logits = net(torch.from_numpy(x.transpose(0, 3, 1, 2)))
-        loss = F.cross_entropy(logits, torch.from_numpy(batch["label"]).long())
-        sgd.zero_grad()
-        loss.backward()
-        sgd.step()
-    want, _ = convert_torch.convert_state_dict(state_dict(), "resnet20", dtype=np.float64)
-
-    with jax.enable_x64(True):
-        model = models.get_model(
-            "resnet20", num_classes=10, dtype=jnp.float64, implementation="xla"
-        )
-        state = model_state.TrainState.create(
-            apply_fn=model.apply,
-            params=jax.tree.map(jnp.asarray, start["params"]),
-            batch_stats=jax.tree.map(jnp.asarray, start["batch_stats"]),
-            tx=optim.adder_sgd(0.1, momentum=0.9, weight_decay=5e-4, eta=0.2),
-        )
-        step = jax.jit(
-            lambda state, batch: classification.train_step(
-                state, batch, 1.0, info=info, label_smoothing=0.0, lr_fn=lambda s: 0.1
-            )[0]
-        )
-        for batch in batches:
-            state = step(state, batch)
-        got = {"params": state.params, "batch_stats": state.batch_stats}
-        worst = 0.0
-        for (path, a), b in zip(
-            jax.tree_util.tree_flatten_with_path(got)[0], jax.tree.leaves(want), strict=True
-        ):
-            a, b = np.asarray(a), np.asarray(b)
-            assert a.dtype == np.float64, path
-            error = np.max(np.abs(a - b)) / np.max(np.abs(b))
-            worst = max(worst, error)
-            assert error < 1e-5, (jax.tree_util.keystr(path), error)
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: np.max(np.abs(a - b)), want, start))
-    assert min(moved) > 0 and worst < 1e-5  # every leaf moved, and followed
+    net, state, batches, info = torch_trajectory.make_run(seed=0, steps=3)
+    start = torch_trajectory.as_variables(state)
+    want = torch_trajectory.as_variables(
+        torch_trajectory.torch_steps(net, state, batches, info, np.float64)
+    )
+    got = torch_trajectory.adderjax_steps(state, batches, info, np.float64)
+    errors = torch_trajectory.errors(got, want)
+    assert len(errors) == len(jax.tree.leaves(want)) and max(errors.values()) < 1e-5, errors
+    assert min(torch_trajectory.errors(start, want).values()) > 1e-6  # every leaf moved
