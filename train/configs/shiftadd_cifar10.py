@@ -1,5 +1,5 @@
-r"""ShiftAddNet ResNet-20 on CIFAR-10, their recipe (You et al., NeurIPS 2020; GATECH-EIC/ShiftAddNet
-``train.py`` defaults and README command).
+r"""ShiftAddNet ResNet-20 on CIFAR-10, their recipe (You et al., NeurIPS 2020;
+GATECH-EIC/ShiftAddNet ``train.py`` defaults and README command).
 
     python -m train.cifar --config=train/configs/shiftadd_cifar10.py --workdir=/tmp/r20-shiftadd \
         --config.data_format=cifar_pickle --config.data_dir=/data/cifar-10-batches-py
