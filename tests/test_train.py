@@ -31,11 +31,10 @@ def _final_params(workdir):
     [
         {},
         # The shift layers' gradient quantisation draws from a key of the step: resumed, the
-        # same draws; DeepShift-Q's latents and their projection after each update.
+        # same draws; the latents' projection after each update.
         pytest.param({"layer": "shiftadd"}, marks=pytest.mark.slow),
-        pytest.param({"layer": "shift", "shift_kind": "q"}, marks=pytest.mark.slow),
     ],
-    ids=["adder", "shiftadd", "shift_q"],
+    ids=["adder", "shiftadd"],
 )
 def test_resume_continues_exactly(idx_dir, tmp_path, layer):
     """A run stopped after step 3 (mid-epoch) and restarted ends with the same parameters,
