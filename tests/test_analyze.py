@@ -89,7 +89,10 @@ def _check_report_figures_and_numbers(root, tmp_path):
 def _check_one_sided_report_and_mixed_up_workdirs(root, tmp_path):
     report = analyze.analyze(str(root / "adder"), None, str(tmp_path / "one"), num_points=8)
     assert "| layer | AdderNet |" in report.read_text()
-    with pytest.raises(config_checks.ConfigError, match="--workdir=.*cnn holds a layer='conv' run, not layer='adder'"):
+    with pytest.raises(
+        config_checks.ConfigError,
+        match="--workdir=.*cnn holds a layer='conv' run, not layer='adder'",
+    ):
         analyze.analyze(str(root / "cnn"), None, str(tmp_path / "two"))
     with pytest.raises(config_checks.ConfigError, match="give --workdir"):
         analyze.analyze(None, None)
