@@ -95,42 +95,28 @@ def round_to_fixed(x: jax.Array, fraction_bits: int = 16, integer_bits: int = 16
     return jnp.clip(jnp.floor(x / delta) * delta, -bound, bound - 1)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _straight_through(forward):
+    """``forward(x, option)`` as a `jax.custom_vjp` whose gradient passes straight through to
+    ``x`` (their `ste` functions' backward: the cotangent unchanged)."""
+    function = jax.custom_vjp(forward, nondiff_argnums=(1,))
+    function.defvjp(lambda x, option: (forward(x, option), None), lambda _, __, g: (g,))
+    return function
+
+
+@_straight_through
 def fixed_point(x: jax.Array, fraction_bits: int = 16) -> jax.Array:
     """`round_to_fixed` with 16 integer bits, its gradient straight through
     (`ste.round_fixed_point`, ste.py:40-50): a shift layer's input."""
     return round_to_fixed(x, fraction_bits, 16)
 
 
-def _fixed_point_fwd(x, fraction_bits):
-    return fixed_point(x, fraction_bits), None
-
-
-def _fixed_point_bwd(fraction_bits, _, g):
-    return (g,)
-
-
-fixed_point.defvjp(_fixed_point_fwd, _fixed_point_bwd)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@_straight_through
 def round_act(x: jax.Array, bits: int = 16) -> jax.Array:
     """The input rounding of their frozen shift layers (`se_shift/conv_mask_shift.py:24-31`):
     x rounded to the *nearest* multiple of 2^-(bits-1) (half to even, as ``torch.round``), no
     clip, gradient straight through."""
     scale = 2.0 ** (bits - 1)
     return jnp.round(jnp.asarray(x) * scale) / scale
-
-
-def _round_act_fwd(x, bits):
-    return round_act(x, bits), None
-
-
-def _round_act_bwd(bits, _, g):
-    return (g,)
-
-
-round_act.defvjp(_round_act_fwd, _round_act_bwd)
 
 
 def latent_kind(tree: Any) -> str | None:
@@ -201,7 +187,7 @@ def _ps_bwd(weight_bits, sign_threshold, residuals, g):
 ps_weight.defvjp(_ps_forward, _ps_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+@_straight_through
 def q_weight(weight: jax.Array, weight_bits: int = 5) -> jax.Array:
     """DeepShift-Q's weight: |w| clipped to [2^low, 1] (`shift_range(weight_bits, "q")`;
     zero stays zero, as `ste.clampabs` leaves it), then sign(w) * 2^round(log2 |w|); the
@@ -210,17 +196,6 @@ def q_weight(weight: jax.Array, weight_bits: int = 5) -> jax.Array:
     magnitude = _clip_magnitude(weight, weight_bits)
     shift = jnp.round(jnp.log(magnitude) / LN2)  # utils.get_shift_and_sign: log(|w|) / log(2)
     return jnp.where(weight == 0, jnp.zeros_like(weight), jnp.sign(weight) * _power_of_two(shift))
-
-
-def _q_fwd(weight, weight_bits):
-    return q_weight(weight, weight_bits), None
-
-
-def _q_bwd(weight_bits, _, g):
-    return (g,)
-
-
-q_weight.defvjp(_q_fwd, _q_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))

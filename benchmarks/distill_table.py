@@ -31,7 +31,7 @@ import statistics
 import sys
 
 import numpy as np
-from paper_tables import check_reusable, row, run_once
+from paper_tables import check_reusable, mean_sd, row, run_once
 
 # (row name, workdir prefix, overrides); "{teacher}" is the same seed's CNN workdir.
 ROWS = (
@@ -123,14 +123,6 @@ def _command(root: pathlib.Path, name: str, overrides: list[str], seed: int, arg
     ]
 
 
-def _stats(values: list[float]) -> str:
-    if not values:
-        return ""
-    mean = statistics.mean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{100 * mean:.2f} ± {100 * spread:.2f}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="parent of the runs' workdirs")
@@ -166,7 +158,7 @@ def main() -> None:
         cells = [r["error"] if "error" in r else f"{100 * r['top1']:.2f}" for r in rs]
         teachers = [r["teacher"]["top1"] for r in ok if "teacher" in r]
         wall = statistics.mean(r["wall_s"] for r in ok) if ok else float("nan")
-        stats = [_stats([r["top1"] for r in ok]), _stats(teachers), f"{wall:.0f}"]
+        stats = [mean_sd([r["top1"] for r in ok]), mean_sd(teachers), f"{wall:.0f}"]
         print(row([label, *cells, *stats]))
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
 import subprocess
 import sys
 import time
@@ -187,6 +188,15 @@ def run_once(root: pathlib.Path, name: str, cmd: list[str]) -> dict:
     train = [m for m in map(json.loads, lines) if m.get("split") == "train"]
     out["train_loss"] = train[-1]["loss"] if train else float("nan")
     return out
+
+
+def mean_sd(values: list[float]) -> str:
+    """ "mean ± sd" (ddof=1) of fractions, in percent; "" for none, nan sd for one."""
+    if not values:
+        return ""
+    mean = statistics.mean(values)
+    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
+    return f"{100 * mean:.2f} ± {100 * spread:.2f}"
 
 
 def row(cells) -> str:

@@ -27,12 +27,13 @@ additions and shifts, and the energy with ShiftAddNAS's 45 nm unit energies for 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import pathlib
 import statistics
 import sys
 
 from distill_table import write_fashion_cifar
-from paper_tables import check_reusable, row, run_once
+from paper_tables import check_reusable, mean_sd, row, run_once
 
 # (row name, workdir prefix, overrides)
 ROWS = (
@@ -80,28 +81,21 @@ def _command(root: pathlib.Path, name: str, overrides: list[str], seed: int, arg
 def op_counts(model_name: str, layer: str, shape, frozen: bool = False) -> dict[str, float]:
     """Per-image multiplications, additions, shifts and energy (uJ, 32- and 8-bit)."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-    from adderjax import count_ops, models
+    from adderjax import count_ops, counting, models
     from adderjax.shift import ShiftOptions
 
     model = models.get_model(
         model_name, num_classes=10, layer=layer, shift_options=ShiftOptions(frozen=frozen)
     )
-    out = {}
-    for bits in ("32bit", "8bit"):
-        c = count_ops(
-            model, (1, *shape), convention="full", energy=f"shiftaddnas_{bits}", train=False
-        )
-        out[f"energy_{bits}"] = c.energy_pj / 1e6
-        out.update(mul=c.multiplications, add=c.additions, shift=c.shifts)
-    return out
-
-
-def _stats(values: list[float]) -> str:
-    if not values:
-        return ""
-    mean = statistics.mean(values)
-    spread = statistics.stdev(values) if len(values) > 1 else float("nan")
-    return f"{100 * mean:.2f} ± {100 * spread:.2f}"
+    c = count_ops(model, (1, *shape), convention="full", energy="shiftaddnas_32bit", train=False)
+    eight = dataclasses.replace(c, energy=counting.ENERGY_PJ["shiftaddnas_8bit"])  # same counts
+    return {
+        "mul": c.multiplications,
+        "add": c.additions,
+        "shift": c.shifts,
+        "energy_32bit": c.energy_pj / 1e6,
+        "energy_8bit": eight.energy_pj / 1e6,
+    }
 
 
 def main() -> None:
@@ -157,7 +151,7 @@ def main() -> None:
         counts = [f"{c['mul'] / 1e6:.3f}M", f"{c['add'] / 1e6:.3f}M", f"{c['shift'] / 1e6:.3f}M"]
         energy = [f"{c['energy_32bit']:.2f}", f"{c['energy_8bit']:.3f}"]
         print(
-            row([label, *cells, _stats([r["top1"] for r in ok]), *counts, *energy, f"{wall:.0f}"])
+            row([label, *cells, mean_sd([r["top1"] for r in ok]), *counts, *energy, f"{wall:.0f}"])
         )
 
 

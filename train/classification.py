@@ -152,9 +152,9 @@ def jit_train_step(
     (`train.sharding.jit_train_step`): (state, global batch, p) -> (state, metrics).
     `lr_fn` (step -> learning rate) is only reported in the metrics."""
     if step is None:
-        step = functools.partial(
-            train_step, shift_options=model_state.shift_options(config), seed=config.seed
-        )
+        shifts = config.layer in ("shift", "shiftadd")
+        options = model_state.shift_options(config) if shifts else None
+        step = functools.partial(train_step, shift_options=options, seed=config.seed)
     step = functools.partial(
         step,
         info=info,

@@ -125,6 +125,16 @@ def _validate_split(split: str) -> None:
 # In-memory source
 
 
+def _record_index(index, n: int) -> int:
+    """``index`` of a source of ``n`` records as 0..n-1 (negative counts from the end); an
+    IndexError outside [-n, n), a TypeError for what is not an integer (operator.index
+    accepts numpy integers and rejects floats and slices)."""
+    i = operator.index(index)
+    if not -n <= i < n:
+        raise IndexError(f"index {i} out of range for {n} examples")
+    return i % n
+
+
 class ArraySource:
     """A data source over in-memory arrays: uint8 images (N, H, W, C) and integer labels (N,).
 
@@ -151,12 +161,7 @@ class ArraySource:
         return len(self.labels)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        # operator.index accepts numpy integers and rejects floats and slices.
-        i = operator.index(index)
-        n = len(self.labels)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for {n} examples")
-        i %= n
+        i = _record_index(index, len(self.labels))
         return {"image": self.images[i], "label": self.labels[i]}
 
     def __repr__(self) -> str:
@@ -481,11 +486,7 @@ class TfdsSource:
         return len(self._source)
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
-        i = operator.index(index)
-        n = len(self._source)
-        if not -n <= i < n:
-            raise IndexError(f"index {i} out of range for {n} examples")
-        record = self._source[i % n]
+        record = self._source[_record_index(index, len(self._source))]
         image = np.asarray(record["image"], dtype=np.uint8)
         if image.ndim == 2:
             image = image[..., None]
