@@ -27,14 +27,15 @@ __all__ = [
 def available_implementations() -> tuple[str, ...]:
     """Implementations that can run on the current default backend, the default first.
 
-    "pallas" (the Triton kernels of `kernels/`) needs a GPU; on any backend it can still run
-    in Pallas interpret mode with ``interpret=True``, slowly, which is how CI tests it.
+    "pallas" (the Triton kernels of `kernels/` on a GPU, the Mosaic ones on a TPU) needs a
+    GPU or TPU; on any backend the Triton kernels can still run in Pallas interpret mode with
+    ``interpret=True``, slowly, which is how CI tests them.
     "native" (the C++ kernels of `kernels/cpu/`) needs the CPU backend and the extension that
     `pip install` builds where a C++ compiler is found (`unavailable_implementations()` says
     why it is missing). "xla" runs everywhere.
     """
     backend = jax.default_backend()
-    if backend == "gpu":
+    if backend in ("gpu", "tpu"):
         return ("pallas", "xla")
     if backend == "cpu" and native.available():
         return ("native", "xla")
@@ -45,8 +46,10 @@ def unavailable_implementations() -> dict[str, str]:
     """Each implementation that cannot run on the current default backend, with why."""
     backend = jax.default_backend()
     missing = {}
-    if backend != "gpu":
-        missing["pallas"] = f"needs a GPU backend, this is {backend!r} (interpret=True runs it)"
+    if backend not in ("gpu", "tpu"):
+        missing["pallas"] = (
+            f"needs a GPU or TPU backend, this is {backend!r} (interpret=True runs it)"
+        )
     if backend != "cpu":
         missing["native"] = f"needs the CPU backend, this is {backend!r}"
     elif not native.available():
@@ -55,8 +58,8 @@ def unavailable_implementations() -> dict[str, str]:
 
 
 def default_implementation() -> str:
-    """What `implementation=None` picks: "pallas" on GPU, "native" on CPU where it was built,
-    else "xla"."""
+    """What `implementation=None` picks: "pallas" on GPU and TPU, "native" on CPU where it was
+    built, else "xla"."""
     return available_implementations()[0]
 
 
@@ -171,13 +174,14 @@ def adder_conv(
         rule the paper's ablation (Table 4) compares against. "sign" is implemented by the
         "xla" and "native" paths (by XLA operations on both); it holds an
         (N, Ho, Wo, Cin, Cout) tensor per filter tap.
-      implementation: None (the best for the current backend: "pallas" on GPU, "native" on
-        CPU where its extension was built, else "xla"), "xla" (XLA operations, any backend),
-        "native" (the C++ kernels of `kernels/cpu/`, CPU) or "pallas" (the Triton kernels of
-        `kernels/`, GPU). A named implementation that cannot run here raises; it never
-        falls back silently.
-      interpret: with implementation="pallas", run the kernels in Pallas interpret mode on
-        any backend (slow; for testing them without a GPU).
+      implementation: None (the best for the current backend: "pallas" on GPU and TPU,
+        "native" on CPU where its extension was built, else "xla"), "xla" (XLA operations,
+        any backend), "native" (the C++ kernels of `kernels/cpu/`, CPU) or "pallas" (the
+        Triton kernels of `kernels/` on GPU, the Mosaic kernels of `kernels/adder_tpu.py` on
+        TPU). A named implementation that cannot run here raises; it never falls back
+        silently.
+      interpret: with implementation="pallas", run the Triton kernels in Pallas interpret
+        mode on any backend (slow; for testing them without a GPU).
 
     Returns:
       (N, Ho, Wo, Cout) with the dtype of ``x + w``. Its VJP gives the filter the

@@ -1,15 +1,25 @@
-"""The Pallas path of the adder op: the GPU kernels of `kernels` behind `adderjax.xla`'s interface.
+"""The Pallas path of the adder op: the kernels of `kernels` behind `adderjax.xla`'s interface.
 
 Argument plumbing (geometry to strides and pads, a traced p to the kernels' run-time p) and
 the batch parallelism of `adderjax.batch_parallel` (a `pallas_call` cannot be partitioned by
-XLA: under a mesh each kernel runs in a `shard_map` over the batch). The kernels, their tiles
-and their layout are in `kernels/`.
+XLA: under a mesh each kernel runs in a `shard_map` over the batch). Each entry point picks
+its kernels when it is lowered, with `lax.platform_dependent`: the Mosaic kernels of
+`kernels.adder_tpu` for TPU (the filter gradient there is XLA's, `adderjax.xla.filter_grad`,
+on the MXU), the Triton kernels of `kernels.adder_triton` for any other platform (GPUs).
+Interpret mode runs the Triton kernels. The kernels, their tiles and their layouts are in
+`kernels/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+
+from jax import lax
+
 import kernels
-from adderjax import batch_parallel, geometry
+from adderjax import batch_parallel, geometry, xla
+from kernels import adder_tpu
 
 __all__ = ["filter_grad", "forward", "input_grad"]
 
@@ -29,26 +39,38 @@ def input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode: str, *, 
 
 
 def filter_grad(x, w, g, geom: geometry.ConvGeometry, *, interpret: bool):
-    return batch_parallel.batch_parallel(
-        lambda x, g, w: kernels.filter_grad(
-            x, w, g, strides=geom.strides, pads=geom.pads, interpret=interpret
-        ),
-        (x, g),
-        (w,),
-        sum_output=True,
-    )
+    def triton(x, g, w):
+        geo = dict(strides=geom.strides, pads=geom.pads)
+        return kernels.filter_grad(x, w, g, **geo, interpret=interpret)
+
+    def local(x, g, w):
+        if interpret:
+            return triton(x, g, w)
+        tpu = lambda x, g, w: xla.filter_grad(x, w, g, dataclasses.replace(geom, batch=x.shape[0]))
+        return lax.platform_dependent(x, g, w, tpu=tpu, default=triton)
+
+    return batch_parallel.batch_parallel(local, (x, g), (w,), sum_output=True)
+
+
+def _by_platform(triton, tpu, interpret: bool, *args):
+    """The Triton kernel in interpret mode or for GPUs, the Mosaic one for TPU."""
+    if interpret:
+        return triton(*args)
+    return lax.platform_dependent(*args, tpu=tpu, default=triton)
 
 
 def _forward(x, w, p, geom: geometry.ConvGeometry, p_static, *, interpret: bool):
     def run(p_static):
-        return kernels.forward(
+        common = dict(strides=geom.strides, pads=geom.pads, p=p_static)
+        triton = functools.partial(kernels.forward, **common, interpret=interpret)
+        tpu = functools.partial(adder_tpu.forward, **common)
+        return _by_platform(
+            lambda x, w, p: triton(x, w, p_value=p),
+            lambda x, w, p: tpu(x, w, p_value=p).astype(x.dtype),
+            interpret,
             x,
             w,
-            strides=geom.strides,
-            pads=geom.pads,
-            p=p_static,
-            p_value=p,
-            interpret=interpret,
+            p,
         )
 
     return geometry.with_static_p(run, p, p_static)
@@ -56,16 +78,17 @@ def _forward(x, w, p, geom: geometry.ConvGeometry, p_static, *, interpret: bool)
 
 def _input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode, *, interpret: bool):
     def run(p_static):
-        return kernels.input_grad(
+        common = dict(strides=geom.strides, pads=geom.pads, input_grad=mode, p=p_static)
+        triton = functools.partial(kernels.input_grad, **common, interpret=interpret)
+        tpu = functools.partial(adder_tpu.input_grad, **common)
+        return _by_platform(
+            lambda x, w, g, p: triton(x, w, g, p_value=p),
+            lambda x, w, g, p: tpu(x, w, g, p_value=p).astype(x.dtype),
+            interpret,
             x,
             w,
             g,
-            strides=geom.strides,
-            pads=geom.pads,
-            input_grad=mode,
-            p=p_static,
-            p_value=p,
-            interpret=interpret,
+            p,
         )
 
     if mode == "hardtanh":

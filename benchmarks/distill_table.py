@@ -131,6 +131,7 @@ def main() -> None:
     parser.add_argument("--data_dir", default=None, help="the idx files (default: Debian's)")
     parser.add_argument("--resnet20", action="store_true", help="ResNet-20 on 32x32x3 inputs")
     parser.add_argument("--train_images", type=int, default=10_000, help="with --resnet20")
+    parser.add_argument("--rows", default=None, help="workdir prefixes to run (default: all)")
     args = parser.parse_args()
     root = pathlib.Path(args.root).absolute()
     root.mkdir(parents=True, exist_ok=True)
@@ -138,6 +139,14 @@ def main() -> None:
     if args.resnet20:
         args.fashion_cifar = write_fashion_cifar(root, args.train_images, args.data_dir)
         rows = RESNET20_ROWS
+    if args.rows:
+        wanted = args.rows.split(",")
+        known = [p for _, p, _ in rows]
+        if unknown := [w for w in wanted if w not in known]:
+            parser.error(f"--rows: unknown {unknown}; choose from {known}")
+        if "kd_finished" in wanted and "cnn" not in wanted:
+            parser.error("--rows: kd_finished reads the same seed's CNN; add cnn")
+        rows = tuple(r for r in rows if r[1] in wanted)
     commands = {
         (label, seed): (f"{prefix}_s{seed}", _command(root, f"{prefix}_s{seed}", o, seed, args))
         for seed in args.seeds  # seed by seed: a seed's CNN before the KD that reads it
