@@ -44,6 +44,7 @@ import jax
 import numpy as np
 import ops as op_bench  # benchmarks/ops.py, this script's sibling: shapes and timing
 import sass_model  # benchmarks/sass_model.py: the static SASS model
+import tpu_bundles  # benchmarks/tpu_bundles.py: the TPU bundle report
 
 import adderjax
 import kernels
@@ -280,8 +281,15 @@ def main():
         help="the convolution's precision (TF32 tensor cores with default on a GPU)",
     )  # fmt: skip
     parser.add_argument("--workdir", default=None, help="keep --sass/--tune's cubins and SASS")
+    parser.add_argument("--tpu", action="store_true", help="the TPU bundle report (libtpu)")
+    parser.add_argument("--generation", default="v5e", help="with --tpu: v4, v5e, v5p or v6e")
+    parser.add_argument("--out", default=None, help="with --tpu: also write the table here")
     args = parser.parse_args()
     groups = [args.only] if args.only else list(op_bench.SHAPES)
+    if args.tpu:
+        nets = [args.only] if args.only else ["resnet20", "resnet50"]
+        tpu_bundles.main(args.generation, nets, args.batch, args.out, args.workdir)
+        return
     if args.roofline:
         print_roofline(groups)
         return

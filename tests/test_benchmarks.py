@@ -1,6 +1,8 @@
 """The benchmark scripts: kernels.py refuses to time without a GPU and its roofline is the
-kernels' own; scaling.py and train_step.py run their tables end to end."""
+kernels' own, its TPU bundle report reads libtpu's dumps (and needs libtpu); scaling.py and
+train_step.py run their tables end to end."""
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -259,4 +261,47 @@ def test_shift_table_reads_finished_runs_and_counts_each_network(tmp_path):
     assert rows["DeepShift-PS"][6] == rows["ShiftAddNet"][6] == "0.417M"  # the CNN's products
     assert rows["AdderNet"][6] == "0.000M" and rows["ShiftAddNet, frozen shifts"][3] == (
         "90.50 ± 0.71"
+    )
+
+
+# Lines in the format of libtpu's *-final_bundles.txt (from a v5e forward kernel).
+_BUNDLES = """\
+     0   :  { %s1_s0 = smov 0 /* materialized constant */ }
+  0x11 LB: > { %v10_v0 = vld [vmem:[%s1_s0] sm:$0xff]  ;;  %s2_s1 = sadd.s32 1, %s1_s0 }
+  0x12 LB: >> { %s3_s2 = sld [smem:[%s2_s1]]  ;;  %v4_v1 = vstv %s3_s2 }
+  0x13   : >> { %v5_v2 = vsub.f32 %v10_v0, %v4_v1  ;;  %v6_v3 = vsub.f32 %v10_v0, %v4_v1 }
+  0x14   : >> { %v7_v4 = vand.u32 2147483647, %v5_v2  ;;  %v8_v5 = vand.u32 2147483647, %v6_v3 }
+  0x15   : >> { %v9_v6 = vadd.f32 %v7_v4, %v9_v6  ;;  %v11_v7 = vadd.f32 %v8_v5, %v11_v7 }
+  0x16   : > { %12 = vst [vmem:[%s1_s0] sm:$0xff] %v9_v6 }
+"""
+
+
+def test_tpu_bundle_report_reads_the_hot_loop_and_the_tiling(tmp_path):
+    sys.path.insert(0, str(BENCH))
+    import tpu_bundles
+
+    path = tmp_path / "1796-adder_forward_tpu.1-72-final_bundles.txt"
+    path.write_text(_BUNDLES)
+    loop = tpu_bundles.hot_loop(path)
+    assert loop.bundles == 4 and loop.ops["vsub.f32"] == 2 and loop.ops["vld"] == 0
+    assert loop.valu() == 7  # vstv, 2 vsub, 2 vand, 2 vadd
+    per = tpu_bundles.per_1024(loop)
+    assert per["bundles"] == 2.0 and per["valu"] == 3.5
+    hlo = tmp_path / "1795-TLP-hlo.txt"
+    hlo.write_text("  %fusion.36 = f32[32,32,32,16]{2,3,1,0:T(8,128)S(1)} fusion(%a, %b)\n")
+    fused = tmp_path / "1797-fusion.36-67-final_bundles.txt"
+    # W (32 of 128 lanes) is most minor, C (16) on sublanes: a quarter of each vreg.
+    assert tpu_bundles.tile_fill([hlo, fused], fused) == 0.25
+    assert tpu_bundles.per_1024(loop, fill=0.25)["bundles"] == 8.0
+
+
+def test_tpu_report_without_libtpu_says_so():
+    result = _run("--tpu", "--generation", "v5e")
+    if importlib.util.find_spec("libtpu") is not None:
+        pytest.skip("libtpu is installed: the report would run")
+    assert result.returncode == 1 and "needs libtpu" in result.stderr
+    assert (
+        _run("--tpu", "--generation", "v9")
+        .stderr.strip()
+        .endswith("--generation must be one of ('v4', 'v5e', 'v5p', 'v6e'), got 'v9'")
     )
