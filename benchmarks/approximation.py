@@ -24,7 +24,9 @@ a_i, b_i are a batch norm's scale and bias (initialised to 1 and 0) with the sta
 whole training set (an adder output is never positive, so a ReLU after an unnormalised adder
 layer would be dead); the adder filters are initialised N(0, 1), as the authors' adder layer,
 and trained with the AdderNet gradients (`adderjax.adder_dense`: full-precision filter
-gradient, HardTanh input gradient) but no adaptive learning rate; the FC layers use PyTorch's
+gradient, HardTanh input gradient), by default without the adaptive learning rate
+(``--adder_rule alr`` adds it, eta 0.2; ``--adder_rule l2l1`` also trains with p falling from
+2 to 1 over the first 3/4 of the steps, the journal's v2 recipe); the FC layers use PyTorch's
 ``nn.Linear`` initialisation. Every cell is trained from ``--seeds`` initialisations (vmapped).
 
 Writes ``OUT/results.json``: ``{task: {"adder"|"fc": {n: {"mean", "std", "min", "max",
@@ -53,6 +55,12 @@ sys.path.insert(0, str(ROOT))
 from adderjax import adder_dense  # noqa: E402 (after the path insert)
 
 NETS = ("fc", "adder")
+# How the adder filters train (the FC net is the same in all): "plain", the AdderNet
+# gradients with plain SGD (the CVPR recipe without its adaptive learning rate); "alr", with
+# the adaptive learning rate eta * sqrt(k) / ||g|| on each adder layer (CVPR section 3.3);
+# "l2l1", the journal's v2: also p falling from 2 to 1 over the first 3/4 of the steps.
+RULES = ("plain", "alr", "l2l1")
+ETA = 0.2
 # The paper's n values first, a few more after.
 WIDTHS = {"ball": (1, 2, 3, 4), "two_balls": (3, 5, 10, 2), "xy": (1, 2, 3, 4)}
 TASKS = tuple(WIDTHS)
@@ -104,51 +112,80 @@ def _normalise(d, d_ref, a, b):
     return a * (d - mean) * jax.lax.rsqrt(var + EPS) + b
 
 
-def logits(net: str, params: dict, x: jax.Array, reference: jax.Array | None = None):
+def logits(net: str, params: dict, x: jax.Array, reference: jax.Array | None = None, p=1.0):
     """The network's output before the sigmoid, ``(m,)``. The adder net normalises with the
     statistics of `reference` (the training set), or of `x` itself where None (training,
-    where each adder output is then computed once)."""
+    where each adder output is then computed once); its layers use the l_p distance."""
     if net == "fc":
         h = jax.nn.relu(x @ params["w1"] + params["b1"])
         return (h @ params["w2"] + params["b2"])[:, 0]
     own = reference is None
-    d1 = adder_dense(x, params["w1"])
-    d1_ref = d1 if own else adder_dense(reference, params["w1"])
+    dense = lambda a, w: adder_dense(a, w, p=p)  # noqa: E731
+    d1 = dense(x, params["w1"])
+    d1_ref = d1 if own else dense(reference, params["w1"])
     h = jax.nn.relu(_normalise(d1, d1_ref, params["a1"], params["b1"]))
     h_ref = h if own else jax.nn.relu(_normalise(d1_ref, d1_ref, params["a1"], params["b1"]))
-    d2 = adder_dense(h, params["w2"])
-    d2_ref = d2 if own else adder_dense(h_ref, params["w2"])
+    d2 = dense(h, params["w2"])
+    d2_ref = d2 if own else dense(h_ref, params["w2"])
     return _normalise(d2, d2_ref, params["a2"], params["b2"])[:, 0]
 
 
-def optimizer(steps: int, lr: float) -> optax.GradientTransformation:
+def adaptive_lr(eta: float) -> optax.GradientTransformation:
+    """The adaptive learning rate on the adder filters w1 and w2: each gradient rescaled to
+    the norm ``eta * sqrt(k)`` (`adderjax.optim.scale_by_adaptive_lr`, which finds adder
+    filters by their Flax names, for this script's plain dict)."""
+
+    def rescale(g):
+        return g * (eta * math.sqrt(g.size) / jnp.maximum(jnp.linalg.norm(g), 1e-12))
+
+    def update(updates, state, params=None):
+        del params
+        return {k: rescale(g) if k in ("w1", "w2") else g for k, g in updates.items()}, state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def optimizer(steps: int, lr: float, net: str = "fc", rule: str = "plain"):
     """SGD with Nesterov momentum 0.9, weight decay 5e-4 (PyTorch's, added to the gradient),
-    cosine learning rate from `lr` over `steps`."""
+    cosine learning rate from `lr` over `steps`; with the adaptive learning rate first for an
+    adder net trained by rule "alr" or "l2l1"."""
+    alr = [adaptive_lr(ETA)] if net == "adder" and rule != "plain" else []
     return optax.chain(
+        *alr,
         optax.add_decayed_weights(5e-4),
         optax.sgd(optax.cosine_decay_schedule(lr, steps), momentum=0.9, nesterov=True),
     )
 
 
-def train(net: str, n: int, x, z, seeds: int, steps: int, lr: float = 0.1):
+def p_at(step, steps: int, rule: str):
+    """The norm at `step`: 1, or under "l2l1" falling linearly from 2 to 1 by 3/4 of steps."""
+    if rule != "l2l1":
+        return 1.0
+    return jnp.maximum(1.0, 2.0 - step / (0.75 * steps))
+
+
+def train(net: str, n: int, x, z, seeds: int, steps: int, lr: float = 0.1, rule: str = "plain"):
     """Trains `seeds` networks (vmapped) full-batch; returns their parameters (stacked) and
     training accuracies ``(seeds,)``."""
+    if rule not in RULES:
+        raise ValueError(f"rule must be one of {', '.join(RULES)}, got {rule!r}")
     x, z = jnp.asarray(x), jnp.asarray(z)
-    opt = optimizer(steps, lr)
+    opt = optimizer(steps, lr, net, rule)
 
-    def loss(params):
-        return optax.sigmoid_binary_cross_entropy(logits(net, params, x), z).mean()
+    def loss(params, p):
+        return optax.sigmoid_binary_cross_entropy(logits(net, params, x, p=p), z).mean()
 
     def one(key):
         params = init(net, n, key)
 
-        def step(carry, _):
+        def step(carry, i):
             params, state = carry
-            grads = jax.grad(loss)(params)
+            grads = jax.grad(loss)(params, p_at(i, steps, rule))
             updates, state = opt.update(grads, state, params)
             return (optax.apply_updates(params, updates), state), None
 
-        (params, _), _ = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
+        carry = (params, opt.init(params))
+        (params, _), _ = jax.lax.scan(step, carry, jnp.arange(steps, dtype=jnp.float32))
         accuracy = ((logits(net, params, x) > 0) == (z > 0.5)).mean()
         return params, accuracy
 
@@ -203,7 +240,9 @@ def run(args) -> dict:
             results[task][net], maps[net] = {}, {}
             for n in args.widths or WIDTHS[task]:
                 start = time.perf_counter()
-                params, accuracy = train(net, n, x, z, args.seeds, args.steps, args.lr)
+                params, accuracy = train(
+                    net, n, x, z, args.seeds, args.steps, args.lr, rule=args.adder_rule
+                )
                 accuracy = np.asarray(accuracy, dtype=np.float64)
                 results[task][net][n] = {
                     "mean": float(accuracy.mean()), "std": float(accuracy.std()),
@@ -248,6 +287,11 @@ def parse(argv=None) -> argparse.Namespace:
         + "; ".join(f"{t} {','.join(map(str, w))}" for t, w in WIDTHS.items())
         + ")",
     )
+    parser.add_argument(
+        "--adder_rule", default="plain", choices=RULES,
+        help="how the adder filters train: plain SGD, + the adaptive learning rate (alr), "
+        "+ p from 2 to 1 (l2l1)",
+    )  # fmt: skip
     parser.add_argument("--no_plots", action="store_true")
     args = parser.parse_args(argv)
     widths = [n.strip() for n in args.widths.split(",") if n.strip()]

@@ -220,6 +220,9 @@ def _hbm_bytes(blocks, kern, kp, op, rp) -> int:
 def per_1024(loop: HotLoop, op: str = "vsub.f32", fill: float = 1.0) -> dict:
     """Bundles and ops of a hot loop per vreg of terms (1024 when fill is 1)."""
     vregs = loop.ops[op] * fill
+    if not vregs:  # no such op in the loop: nothing to count terms by
+        nan = float("nan")
+        return dict.fromkeys(("bundles", "valu", "valu_per_bundle", "vld", "vst"), nan)
     return {
         "bundles": loop.bundles / vregs,
         "valu": loop.valu() / vregs,
@@ -229,11 +232,11 @@ def per_1024(loop: HotLoop, op: str = "vsub.f32", fill: float = 1.0) -> dict:
     }
 
 
-def table(reports, generation: str) -> str:
+def header(generation: str) -> list[str]:
     from kernels.tpu_blocks import GENERATIONS
 
     gen = GENERATIONS[generation]
-    lines = [
+    return [
         f"TPU {generation}: {gen.valu_slots} VALU slots a bundle, clock {gen.clock_hz / 1e9:.2f} "
         f"GHz, HBM {gen.hbm_bytes_per_s / 1e9:.0f} GB/s a TensorCore; batch 32, float32",
         "",
@@ -242,22 +245,29 @@ def table(reports, generation: str) -> str:
         "| XLA bundles/1024 | XLA / kernel |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in reports:
-        ideal = IDEAL_VALU[r.kernel] / gen.valu_slots
-        mine = per_1024(r.kernel_loop)
-        theirs = per_1024(r.xla_loop, fill=r.xla_fill)
-        seconds = mine["bundles"] * r.padded_vregs / gen.clock_hz / gen.cores
-        ideal_s = ideal * r.terms / 1024 / gen.clock_hz / gen.cores
-        hbm_s = r.hbm_bytes / (gen.hbm_bytes_per_s * gen.cores)
-        lines.append(
-            f"| {r.layer} | {r.kernel} | {ideal:.2f} | {mine['bundles']:.2f} | "
-            f"{mine['bundles'] / ideal:.2f} | {mine['valu']:.2f} | {mine['valu_per_bundle']:.2f} "
-            f"| {mine['vld']:.2f} | {mine['vst']:.2f} | {r.vmem_bytes / 1024:.0f} | "
-            f"{seconds * 1e6:.0f} | {ideal_s * 1e6:.0f} | {hbm_s * 1e6:.0f} | "
-            f"{theirs['bundles']:.2f} | "
-            f"{theirs['bundles'] / mine['bundles']:.1f} |"
-        )
-    return "\n".join(lines)
+
+
+def row(r: Report, generation: str) -> str:
+    from kernels.tpu_blocks import GENERATIONS
+
+    gen = GENERATIONS[generation]
+    ideal = IDEAL_VALU[r.kernel] / gen.valu_slots
+    mine = per_1024(r.kernel_loop)
+    theirs = per_1024(r.xla_loop, fill=r.xla_fill)
+    seconds = mine["bundles"] * r.padded_vregs / gen.clock_hz / gen.cores
+    ideal_s = ideal * r.terms / 1024 / gen.clock_hz / gen.cores
+    hbm_s = r.hbm_bytes / (gen.hbm_bytes_per_s * gen.cores)
+    return (
+        f"| {r.layer} | {r.kernel} | {ideal:.2f} | {mine['bundles']:.2f} | "
+        f"{mine['bundles'] / ideal:.2f} | {mine['valu']:.2f} | {mine['valu_per_bundle']:.2f} "
+        f"| {mine['vld']:.2f} | {mine['vst']:.2f} | {r.vmem_bytes / 1024:.0f} | "
+        f"{seconds * 1e6:.0f} | {ideal_s * 1e6:.0f} | {hbm_s * 1e6:.0f} | "
+        f"{theirs['bundles']:.2f} | {theirs['bundles'] / mine['bundles']:.1f} |"
+    )
+
+
+def table(reports, generation: str) -> str:
+    return "\n".join([*header(generation), *(row(r, generation) for r in reports)])
 
 
 def main(generation: str, nets, batch: int = 32, out: str | None = None, workdir=None):
@@ -275,7 +285,12 @@ def main(generation: str, nets, batch: int = 32, out: str | None = None, workdir
         dump.mkdir(parents=True, exist_ok=True)
         os.environ["LIBTPU_INIT_ARGS"] = f"--xla_jf_dump_to={dump}"
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", GENERATIONS[generation].accelerator_type)
-        text = table(list(run(generation, nets, batch, dump)), generation)
-    print(text)
-    if out:
-        pathlib.Path(out).write_text(text + "\n")
+        # No TPU is used: libtpu only compiles, so another process may hold it too.
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+        lines = header(generation)
+        print("\n".join(lines), flush=True)
+        for report in run(generation, nets, batch, dump):  # a row as each layer compiles
+            lines.append(row(report, generation))
+            print(lines[-1], flush=True)
+            if out:
+                pathlib.Path(out).write_text("\n".join(lines) + "\n")

@@ -95,3 +95,25 @@ def test_program_refuses_bad_arguments(tmp_path, capsys, flag, value, message):
         approximation.parse(["--out", str(tmp_path), flag, value])
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_adder_rules_follow_the_papers():
+    """alr rescales each adder filter's gradient to eta * sqrt(k); l2l1 moves p from 2 to 1."""
+    grads = {"w1": jnp.full((2, 3), 5.0), "a1": jnp.full((1, 3), 5.0), "w2": jnp.ones((3, 1))}
+    updates, _ = approximation.adaptive_lr(0.2).update(grads, None)
+    for k in ("w1", "w2"):
+        np.testing.assert_allclose(jnp.linalg.norm(updates[k]), 0.2 * np.sqrt(grads[k].size))
+    np.testing.assert_array_equal(updates["a1"], grads["a1"])  # only the adder filters
+    assert approximation.p_at(0.0, 100, "l2l1") == 2.0
+    assert float(approximation.p_at(37.5, 100, "l2l1")) == 1.5
+    assert float(approximation.p_at(90.0, 100, "l2l1")) == 1.0
+    assert approximation.p_at(0.0, 100, "alr") == 1.0
+    x, z = approximation.make_task("xy", 200, 0)
+    runs = {
+        rule: np.asarray(approximation.train("adder", 2, x, z, 1, 30, rule=rule)[0]["w1"])
+        for rule in approximation.RULES
+    }
+    assert not np.allclose(runs["plain"], runs["alr"])
+    assert not np.allclose(runs["alr"], runs["l2l1"])
+    with pytest.raises(ValueError, match="rule must be one of plain, alr, l2l1, got 'sgd'"):
+        approximation.train("adder", 1, x, z, 1, 2, rule="sgd")
