@@ -68,16 +68,20 @@ class HotLoop:
         return sum(n for op, n in self.ops.items() if op.split(".")[0] in VALU_OPS)
 
 
-def hot_loop(path: pathlib.Path) -> HotLoop:
-    """The innermost loop of a final_bundles.txt: its bundles and their ops."""
+def hot_loop(path: pathlib.Path, op: str | None = None) -> HotLoop:
+    """The innermost loop of a final_bundles.txt (with `op`, the innermost that holds it):
+    its bundles and their ops."""
     by_depth: dict[int, list[str]] = collections.defaultdict(list)
     for line in path.read_text().splitlines():
         m = _BUNDLE.match(line)
         if m:
             by_depth[len(m.group(1))].append(m.group(2))
-    depth = max(by_depth)
-    ops = collections.Counter(op for b in by_depth[depth] for op in _OP.findall(b))
-    return HotLoop(len(by_depth[depth]), ops)
+    loops = {
+        depth: HotLoop(len(lines), collections.Counter(o for b in lines for o in _OP.findall(b)))
+        for depth, lines in by_depth.items()
+    }
+    holding = [d for d, loop in loops.items() if op is None or loop.ops[op]]
+    return loops[max(holding or loops)]
 
 
 def _new_files(dump: pathlib.Path, seen: set) -> list[pathlib.Path]:
@@ -184,7 +188,7 @@ def run(generation: str, nets, batch: int, dump: pathlib.Path):
                 kernel_loop = hot_loop(mine[0])
                 jax.jit(xla_fn).trace(*args).lower().compile()
                 files = _new_files(dump, seen)
-                loops = {p: hot_loop(p) for p in _final_bundles(files)}
+                loops = {p: hot_loop(p, "vsub.f32") for p in _final_bundles(files)}
                 hottest = max(loops, key=lambda p: loops[p].ops["vsub.f32"])
                 kp, op, rp = blocks.padded(kern, k=k, o=cout, m=m)
                 yield Report(

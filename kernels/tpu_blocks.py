@@ -80,6 +80,16 @@ def _round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def _even_split(n: int, cap: int, multiple: int) -> int:
+    """The block for a dimension of n: at most cap (rounded down to the multiple, at least
+    one multiple), as few blocks as that allows, of equal size (the least padding)."""
+    cap = max(multiple, cap // multiple * multiple)
+    fewest = -(-n // cap)
+    # A few more blocks may pad less (576 in blocks of 96, not 5 of 120).
+    sizes = [min(cap, _round_up(-(-n // b), multiple)) for b in range(fewest, fewest + 4)]
+    return min(sizes, key=lambda size: (_round_up(n, size), -size))
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TpuBlocks:
     """The tiles of one TPU kernel call.
@@ -158,9 +168,9 @@ class TpuBlocks:
                 # Blocks of (entries, rows, 128) float32 of at most INPUT_BLOCK_BYTES, and
                 # filter blocks of at most SMEM_FILTER_VALUES in SMEM.
                 cap = INPUT_BLOCK_BYTES // (rows * LANES * 4)
-                block_r = min(_round_up(reduce_dim, unroll), cap // unroll * unroll)
-                block_s = min(_round_up(shared_dim, group), cap // group * group, 256)
-                block_s = min(block_s, max(group, SMEM_FILTER_VALUES // block_r // group * group))
+                block_r = _even_split(reduce_dim, cap, unroll)
+                smem_cap = max(group, SMEM_FILTER_VALUES // block_r)
+                block_s = _even_split(shared_dim, min(cap, 256, smem_cap), group)
                 block_k, block_o = (block_r, block_s) if forward else (block_s, block_r)
                 cand = cls(rows=rows, group=group, unroll=unroll, block_k=block_k, block_o=block_o)
                 cost = cand.modelled_bundles(kernel, k=k, o=o, m=m, generation=generation)
