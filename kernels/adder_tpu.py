@@ -9,9 +9,9 @@ with the pixels on sublanes and lanes and each filter value a scalar:
   A block of ``rows`` x 128 pixels of one patch entry is then ``rows / 8`` whole vregs,
   loaded without a shift. (The phase-flat layout of `kernels.layout` reads tap ``t`` at a
   row offset, which on TPU is a lane rotate per vreg and per tap; the patches cost
-  ``kh * kw`` times the input in HBM instead, a transient XLA buffer, and the kernels are
-  far from memory bound: the forward does ``3 * Cout / 1024`` VALU bundles-worth of work
-  per byte it loads.)
+  ``kh * kw`` times the input in HBM instead, a transient XLA buffer; the kernels stay far
+  from memory bound, as each patch value loaded serves a block of filters, 3 VALU ops each:
+  `benchmarks/kernels.py --tpu` prints the HBM time beside the bundles' time.)
 * forward: ``acc[o, m] += |cols[k, m] - w[k, o]| ** p``: grid (pixel blocks, filter blocks,
   K blocks), K the reduction (last, "arbitrary"); in a block, ``group`` filters at a time
   share each loaded pixel vreg, ``unroll`` patch entries an iteration, the accumulators in
@@ -20,10 +20,11 @@ with the pixels on sublanes and lanes and each filter value a scalar:
 * input gradient: ``dcols[k, m] = sum_o g[o, m] * f(w[k, o] - cols[k, m])`` with f the
   HardTanh clip or the l_p term, then ``dx`` is the transpose of the patch gather (XLA's
   pads and adds: `jax.vjp` of `columns`). Grid (pixel blocks, K blocks, filter blocks), the
-  filters the reduction; HardTanh is vsub, vmax, vmin, vmul, vadd a vreg of terms.
+  filters the reduction; HardTanh is vsub, vclamps, vmul, vadd a vreg of terms (the VPU
+  clamps in one op and has no FMA).
 
-The filter gradient stays on XLA (``x^T g`` on the MXU at HIGHEST precision, minus
-``w * sum(g)``; `adderjax.xla.filter_grad`), as the GPU path's does in spirit.
+The filter gradient is XLA's (`adderjax.xla.filter_grad`: ``x^T g``, a convolution's
+filter gradient, on the MXU at HIGHEST precision, minus ``w * sum(g)``).
 Everything computes in float32; float64 inputs are refused (TPUs have no float64 VPU).
 Entry points take NHWC inputs and HWIO filters; ``interpret=True`` runs the kernels in
 Pallas' TPU interpret mode on any backend (how CI checks them).
