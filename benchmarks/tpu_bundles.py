@@ -29,6 +29,7 @@ import dataclasses
 import os
 import pathlib
 import re
+import shutil
 import sys
 import tempfile
 
@@ -138,8 +139,10 @@ def _layer_shapes(layer, batch):
     return (h, w, cin), (kh, kw), cout, s, pads, (ho, wo)
 
 
-def run(generation: str, nets, batch: int, dump: pathlib.Path):
-    """Compile every layer's kernels and XLA paths; yields a `Report` per (layer, kernel)."""
+def run(generation: str, nets, batch: int, dump: pathlib.Path, skip=frozenset()):
+    """Compile every layer's kernels and XLA paths; yields a `Report` per (layer, kernel)
+    not in `skip`. libtpu dumps every pass (gigabytes over a network): each program's files
+    are deleted once read."""
     import jax
     import jax.numpy as jnp
     from adder_layers import LAYERS
@@ -165,6 +168,8 @@ def run(generation: str, nets, batch: int, dump: pathlib.Path):
             geom = geometry.conv_geometry(x.shape, f.shape, (s, s), pads)
             k, m = kernel_hw[0] * kernel_hw[1] * cin, batch * ho * wo
             for kern in ("forward", "input_grad"):
+                if (f"{net} {name}", kern) in skip:
+                    continue
                 blocks = TpuBlocks.get_default(kern, k=k, o=cout, m=m, generation=generation)
                 geo = dict(strides=(s, s), pads=pads, blocks=blocks)
                 if kern == "forward":
@@ -183,13 +188,16 @@ def run(generation: str, nets, batch: int, dump: pathlib.Path):
                         "hardtanh",  # noqa: B023
                     )
                 jax.jit(fn).trace(*args).lower().compile()
-                files = _final_bundles(_new_files(dump, seen))
-                mine = [p for p in files if "adder_" in p.name and "_tpu" in p.name]
+                files = _new_files(dump, seen)
+                mine = [p for p in _final_bundles(files) if "adder_" in p.name and "_tpu" in p.name]
                 kernel_loop = hot_loop(mine[0])
+                _delete(files)
                 jax.jit(xla_fn).trace(*args).lower().compile()
                 files = _new_files(dump, seen)
                 loops = {p: hot_loop(p, "vsub.f32") for p in _final_bundles(files)}
                 hottest = max(loops, key=lambda p: loops[p].ops["vsub.f32"])
+                fill = tile_fill(files, hottest)
+                _delete(files)
                 kp, op, rp = blocks.padded(kern, k=k, o=cout, m=m)
                 yield Report(
                     layer=f"{net} {name}",
@@ -198,10 +206,18 @@ def run(generation: str, nets, batch: int, dump: pathlib.Path):
                     padded_vregs=kp * op * rp / 8,
                     kernel_loop=kernel_loop,
                     xla_loop=loops[hottest],
-                    xla_fill=tile_fill(files, hottest),
+                    xla_fill=fill,
                     vmem_bytes=_block_vmem(blocks, kern),
                     hbm_bytes=_hbm_bytes(blocks, kern, kp, op, rp),
                 )
+
+
+def _delete(files) -> None:
+    for p in files:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
 
 
 def _block_vmem(blocks, kern) -> int:
@@ -292,8 +308,15 @@ def main(generation: str, nets, batch: int = 32, out: str | None = None, workdir
         # No TPU is used: libtpu only compiles, so another process may hold it too.
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
         lines = header(generation)
+        # Rows of an earlier, interrupted report in `out` are kept, their layers not redone.
+        old = (
+            pathlib.Path(out).read_text().splitlines() if out and pathlib.Path(out).exists() else []
+        )
+        kept = [line for line in old[len(lines) :] if line.startswith("| ")]
+        lines += kept
+        skip = {tuple(c.strip() for c in line.split("|")[1:3]) for line in kept}
         print("\n".join(lines), flush=True)
-        for report in run(generation, nets, batch, dump):  # a row as each layer compiles
+        for report in run(generation, nets, batch, dump, skip):  # a row as each layer compiles
             lines.append(row(report, generation))
             print(lines[-1], flush=True)
             if out:
