@@ -228,3 +228,38 @@ def test_every_layer_compiles_for_tpu(generation, monkeypatch):
         p = jax.ShapeDtypeStruct((), jnp.float32, sharding=on_tpu)
         compiled = jax.jit(_vjp_fn(geom)).trace(args[0], args[1], p, args[2]).lower().compile()
         assert compiled.memory_analysis() is not None, (net, layer)
+
+
+def test_a_flax_model_lowers_to_mosaic_for_tpu():
+    """LeNet-5-BN as an AdderNet, its loss and gradient in train mode: both kernels for every
+    adder layer, no Triton (the training step on a mesh: tests/test_distributed.py)."""
+    from unittest import mock
+
+    from adderjax import models
+
+    model = models.get_model("lenet5_bn", num_classes=10, implementation="pallas")
+    x = jax.ShapeDtypeStruct((8, 28, 28, 1), jnp.float32)
+    # The op refuses "pallas" on a host without a GPU or TPU before anything is lowered.
+    with mock.patch.object(ops, "available_implementations", lambda: ("pallas", "xla")):
+        variables = jax.eval_shape(
+            lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False)
+        )
+
+        def loss(params, batch_stats, x):
+            logits, _ = model.apply(
+                {"params": params, "batch_stats": batch_stats},
+                x,
+                train=True,
+                mutable=["batch_stats"],
+            )
+            return logits.sum()
+
+        lowered = jax.jit(jax.grad(loss)).trace(variables["params"], variables["batch_stats"], x)
+        text = lowered.lower(lowering_platforms=("tpu",)).as_text()
+    names = re.findall(r'kernel_name = "(\w+)"', text)
+    from adderjax import optim
+
+    adder_layers = sum(jax.tree.leaves(optim.adder_mask(variables["params"])))  # conv2, fc1, fc2
+    assert adder_layers == 3
+    assert names.count("adder_forward_tpu") == names.count("adder_input_grad_tpu") == 3
+    assert "triton" not in text
