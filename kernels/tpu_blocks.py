@@ -6,9 +6,10 @@ reduction is a vector op on such vregs with one scalar (a filter value) read fro
 broadcast by a ``vstv``. So a reduction step costs, per register group,
 
     forward        group * (3 * rows / 8 + 1)   VALU ops (vsub, vand for |.|, vadd; vstv)
-    input gradient group * (5 * rows / 8 + 1)   VALU ops (vsub, vmax, vmin, vmul, vadd; vstv)
+    input gradient group * (4 * rows / 8 + 1)   VALU ops (vsub, vclamps, vmul, vadd; vstv)
 
-over ``valu_slots`` slots a bundle. More rows amortise the ``vstv``; more accumulators than
+over ``valu_slots`` slots a bundle, and each filter value's scalar load and address
+arithmetic on the two scalar slots. More rows amortise the ``vstv`` and the scalar work; more accumulators than
 the register file holds spill (`Generation.vregs_for_accumulators`). Padding the pixel count
 up to whole blocks is wasted work, and a grid with fewer than `Generation.cores` blocks on
 its parallel axes leaves a TensorCore idle. `TpuBlocks.get_default` minimises the modelled
@@ -33,7 +34,11 @@ KERNELS: tuple[Kernel, ...] = ("forward", "input_grad")
 
 LANES, SUBLANES = 128, 8
 # VALU ops a vreg of terms costs, and the scalar broadcast each (scalar, register group) pays.
-VALU_OPS_PER_VREG = {"forward": 3, "input_grad": 5}
+VALU_OPS_PER_VREG = {"forward": 3, "input_grad": 4}
+# Bundles of scalar work per filter value read from SMEM (its sld and address arithmetic on
+# the two scalar slots), as compiled for v5e: about 2 scalar ops a value in the forward, 4 in
+# the input gradient. With 8-row blocks (one vreg a value) this, not the VALU, is the bound.
+SCALAR_BUNDLES_PER_VALUE = {"forward": 1.05, "input_grad": 2.1}
 # Bytes of one pipelined input block (Pallas double-buffers it): well inside the scoped VMEM
 # of every generation (16 MiB on v4, more on later ones).
 INPUT_BLOCK_BYTES = 2 << 20
@@ -144,7 +149,8 @@ class TpuBlocks:
         memory = loads
         blocks = (rp // self.rows) * ((kp // self.block_k) if kernel == "input_grad" else 1)
         idle = max(1.0, gen.cores / max(blocks, 1))  # a TensorCore without a block
-        return max(valu, memory) * idle / gen.cores
+        scalar = scalars * SCALAR_BUNDLES_PER_VALUE[kernel]
+        return max(valu, memory, scalar) * idle / gen.cores
 
     @classmethod
     def get_default(cls, kernel: Kernel, *, k: int, o: int, m: int, generation: str = "v5e"):
