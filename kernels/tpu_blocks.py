@@ -9,8 +9,8 @@ broadcast by a ``vstv``. So a reduction step costs, per register group,
     input gradient group * (4 * rows / 8 + 1)   VALU ops (vsub, vclamps, vmul, vadd; vstv)
 
 over ``valu_slots`` slots a bundle, and each filter value's scalar load and address
-arithmetic on the two scalar slots. More rows amortise the ``vstv`` and the scalar work; more accumulators than
-the register file holds spill (`Generation.vregs_for_accumulators`). Padding the pixel count
+arithmetic on the two scalar slots. More rows amortise the ``vstv`` and the scalar work;
+more accumulators than the register file holds spill (`Generation.vregs_for_accumulators`). Padding the pixel count
 up to whole blocks is wasted work, and a grid with fewer than `Generation.cores` blocks on
 its parallel axes leaves a TensorCore idle. `TpuBlocks.get_default` minimises the modelled
 bundles over a few candidates; `benchmarks/kernels.py --tpu` reads the compiled bundles back.
@@ -174,9 +174,13 @@ class TpuBlocks:
                 # Blocks of (entries, rows, 128) float32 of at most INPUT_BLOCK_BYTES, and
                 # filter blocks of at most SMEM_FILTER_VALUES in SMEM.
                 cap = INPUT_BLOCK_BYTES // (rows * LANES * 4)
-                block_r = _even_split(reduce_dim, cap, unroll)
+                # The filter block's minor dimension (block_o) at most 128: past one SMEM
+                # tile row each scalar's address costs shifts and masks (measured: the
+                # scalar slots, not the VALU, became the bound at 256).
+                block_r = _even_split(reduce_dim, cap if forward else min(cap, 128), unroll)
                 smem_cap = max(group, SMEM_FILTER_VALUES // block_r)
-                block_s = _even_split(shared_dim, min(cap, 256, smem_cap), group)
+                shared_cap = min(cap, 128 if forward else 256, smem_cap)
+                block_s = _even_split(shared_dim, shared_cap, group)
                 block_k, block_o = (block_r, block_s) if forward else (block_s, block_r)
                 cand = cls(rows=rows, group=group, unroll=unroll, block_k=block_k, block_o=block_o)
                 cost = cand.modelled_bundles(kernel, k=k, o=o, m=m, generation=generation)
