@@ -12,8 +12,9 @@ over ``valu_slots`` slots a bundle, and each filter value's scalar load and addr
 arithmetic on the two scalar slots. More rows amortise the ``vstv`` and the scalar work;
 more accumulators than the register file holds spill (`Generation.vregs_for_accumulators`).
 Padding the pixel count up to whole blocks is wasted work, and a grid with fewer than
-`Generation.cores` blocks on its parallel axes leaves a TensorCore idle. `TpuBlocks.get_default` minimises the modelled
-bundles over a few candidates; `benchmarks/kernels.py --tpu` reads the compiled bundles back.
+`Generation.cores` blocks on its parallel axes leaves a TensorCore idle.
+`TpuBlocks.get_default` minimises the modelled bundles over a few candidates;
+`benchmarks/kernels.py --tpu` reads the compiled bundles back.
 
 The generation table: the VALU slots a bundle were measured from compiled bundles (the most
 VALU ops found in one bundle of a VALU-bound kernel: 2 on v4, 4 on v5e, v5p and v6e;
