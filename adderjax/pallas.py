@@ -5,7 +5,9 @@ the batch parallelism of `adderjax.batch_parallel` (a `pallas_call` cannot be pa
 XLA: under a mesh each kernel runs in a `shard_map` over the batch). Each entry point picks
 its kernels when it is lowered, with `lax.platform_dependent`: the Mosaic kernels of
 `kernels.adder_tpu` for TPU (the filter gradient there is XLA's, `adderjax.xla.filter_grad`,
-on the MXU), the Triton kernels of `kernels.adder_triton` for any other platform (GPUs).
+on the MXU; a call with fewer output pixels than one kernel block, a dense layer at a small
+batch, runs XLA's path there too), the Triton kernels of `kernels.adder_triton` for any
+other platform (GPUs).
 Interpret mode runs the Triton kernels. The kernels, their tiles and their layouts are in
 `kernels/`.
 """
@@ -59,14 +61,26 @@ def _by_platform(triton, tpu, interpret: bool, *args):
     return lax.platform_dependent(*args, tpu=tpu, default=triton)
 
 
+def _small_for_tpu(geom: geometry.ConvGeometry) -> bool:
+    """Fewer output pixels (over the whole batch, so every shard of a mesh decides alike) than
+    one block of the TPU kernels, as a dense layer at batch 32: their pixel-major vregs would
+    be mostly padding, and XLA's path is cheaper."""
+    return geom.batch * geom.out_hw[0] * geom.out_hw[1] < adder_tpu.MIN_PIXELS
+
+
 def _forward(x, w, p, geom: geometry.ConvGeometry, p_static, *, interpret: bool):
     def run(p_static):
         common = dict(strides=geom.strides, pads=geom.pads, p=p_static)
         triton = functools.partial(kernels.forward, **common, interpret=interpret)
         tpu = functools.partial(adder_tpu.forward, **common)
+        local = dataclasses.replace(geom, batch=x.shape[0])
+        if _small_for_tpu(geom):
+            mosaic = lambda x, w, p: xla.forward(x, w, p, local, p_static)
+        else:
+            mosaic = lambda x, w, p: tpu(x, w, p_value=p).astype(x.dtype)
         return _by_platform(
             lambda x, w, p: triton(x, w, p_value=p),
-            lambda x, w, p: tpu(x, w, p_value=p).astype(x.dtype),
+            mosaic,
             interpret,
             x,
             w,
@@ -81,9 +95,14 @@ def _input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode, *, inte
         common = dict(strides=geom.strides, pads=geom.pads, input_grad=mode, p=p_static)
         triton = functools.partial(kernels.input_grad, **common, interpret=interpret)
         tpu = functools.partial(adder_tpu.input_grad, **common)
+        local = dataclasses.replace(geom, batch=x.shape[0])
+        if _small_for_tpu(geom):
+            mosaic = lambda x, w, g, p: xla.input_grad(x, w, g, p, local, p_static, mode)
+        else:
+            mosaic = lambda x, w, g, p: tpu(x, w, g, p_value=p).astype(x.dtype)
         return _by_platform(
             lambda x, w, g, p: triton(x, w, g, p_value=p),
-            lambda x, w, g, p: tpu(x, w, g, p_value=p).astype(x.dtype),
+            mosaic,
             interpret,
             x,
             w,

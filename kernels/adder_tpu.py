@@ -43,7 +43,13 @@ from jax.experimental.pallas import tpu as pltpu
 from kernels import layout as layout_lib
 from kernels.tpu_blocks import LANES, TpuBlocks
 
-__all__ = ["columns", "forward", "input_grad"]
+__all__ = ["MIN_PIXELS", "columns", "forward", "input_grad"]
+
+# Output pixels below which `adderjax.pallas` runs XLA's path on TPU instead: one block of
+# 8 x 128 pixels. A dense layer at batch 32 fills 1/32 of each vreg here, where XLA puts the
+# filters on lanes (`benchmarks/kernels.py --tpu`, the fc rows: XLA 0.6-0.8x the kernel's
+# bundles per padded term, 20-30x fewer per useful one).
+MIN_PIXELS = 1024
 
 
 def columns(x, kernel_hw, strides, pads):
