@@ -282,7 +282,7 @@ def row(r: Report, generation: str) -> str:
         f"{mine['bundles'] / ideal:.2f} | {mine['valu']:.2f} | {mine['valu_per_bundle']:.2f} "
         f"| {mine['vld']:.2f} | {mine['vst']:.2f} | {r.vmem_bytes / 1024:.0f} | "
         f"{seconds * 1e6:.0f} | {ideal_s * 1e6:.0f} | {hbm_s * 1e6:.0f} | "
-        f"{theirs['bundles']:.2f} | {theirs['bundles'] / mine['bundles']:.1f} |"
+        f"{theirs['bundles']:.2f} | {theirs['bundles'] / mine['bundles']:.2f} |"
     )
 
 
