@@ -45,11 +45,11 @@ def filter_grad(x, w, g, geom: geometry.ConvGeometry, *, interpret: bool):
         geo = dict(strides=geom.strides, pads=geom.pads)
         return kernels.filter_grad(x, w, g, **geo, interpret=interpret)
 
+    def tpu(x, g, w):  # XLA's: x^T g on the MXU
+        return xla.filter_grad(x, w, g, dataclasses.replace(geom, batch=x.shape[0]))
+
     def local(x, g, w):
-        if interpret:
-            return triton(x, g, w)
-        tpu = lambda x, g, w: xla.filter_grad(x, w, g, dataclasses.replace(geom, batch=x.shape[0]))
-        return lax.platform_dependent(x, g, w, tpu=tpu, default=triton)
+        return _by_platform(triton, tpu, interpret, x, g, w)
 
     return batch_parallel.batch_parallel(local, (x, g), (w,), sum_output=True)
 
