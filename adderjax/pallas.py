@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
+import jax
 from jax import lax
 
 import kernels
@@ -55,10 +56,12 @@ def filter_grad(x, w, g, geom: geometry.ConvGeometry, *, interpret: bool):
 
 
 def _by_platform(triton, tpu, interpret: bool, *args):
-    """The Triton kernel in interpret mode or for GPUs, the Mosaic one for TPU."""
+    """The Triton kernel in interpret mode or for GPUs, the Mosaic one for TPU (its result in
+    the Triton kernel's dtype: the branches of `platform_dependent` must agree)."""
     if interpret:
         return triton(*args)
-    return lax.platform_dependent(*args, tpu=tpu, default=triton)
+    like = jax.eval_shape(triton, *args)
+    return lax.platform_dependent(*args, tpu=lambda *a: tpu(*a).astype(like.dtype), default=triton)
 
 
 def _small_for_tpu(geom: geometry.ConvGeometry) -> bool:
@@ -77,7 +80,7 @@ def _forward(x, w, p, geom: geometry.ConvGeometry, p_static, *, interpret: bool)
         if _small_for_tpu(geom):
             mosaic = lambda x, w, p: xla.forward(x, w, p, local, p_static)
         else:
-            mosaic = lambda x, w, p: tpu(x, w, p_value=p).astype(x.dtype)
+            mosaic = lambda x, w, p: tpu(x, w, p_value=p)
         return _by_platform(
             lambda x, w, p: triton(x, w, p_value=p),
             mosaic,
@@ -99,7 +102,7 @@ def _input_grad(x, w, g, p, geom: geometry.ConvGeometry, p_static, mode, *, inte
         if _small_for_tpu(geom):
             mosaic = lambda x, w, g, p: xla.input_grad(x, w, g, p, local, p_static, mode)
         else:
-            mosaic = lambda x, w, g, p: tpu(x, w, g, p_value=p).astype(x.dtype)
+            mosaic = lambda x, w, g, p: tpu(x, w, g, p_value=p)
         return _by_platform(
             lambda x, w, g, p: triton(x, w, g, p_value=p),
             mosaic,
