@@ -118,11 +118,12 @@ inline typename V::reg accumulate(typename V::reg acc, typename V::reg t, typena
   else return V::add(acc, t);
 }
 
-// acc[r][k] = sum over runs and elements of term(x_r[run + e], w[e][k]).
-template <class V, int MR, int NR, int RULE>
-inline void forward_tile(const typename V::T* const* xs, const typename V::T* wpk,
+// acc[r][k] = sum over runs and elements of term(x_r[run + e], w[e][k]), then finish(r, k,
+// acc[r][k]) for every r and k, from the registers.
+template <class V, int MR, int NR, int RULE, class Finish>
+inline void forward_tile_with(const typename V::T* const* xs, const typename V::T* wpk,
                          const int64_t* run_offsets, int64_t num_runs, int64_t run_len,
-                         typename V::T p, typename V::T* out) {
+                         typename V::T p, Finish&& finish) {
   using reg = typename V::reg;
   reg acc[MR][NR];
 #pragma GCC unroll 16
@@ -151,7 +152,18 @@ inline void forward_tile(const typename V::T* const* xs, const typename V::T* wp
 #pragma GCC unroll 16
   for (int r = 0; r < MR; ++r)
 #pragma GCC unroll 4
-    for (int k = 0; k < NR; ++k) V::store(out + (r * NR + k) * V::kLanes, acc[r][k]);
+    for (int k = 0; k < NR; ++k) finish(r, k, acc[r][k]);
+}
+
+// The tile's sums into out[(r * NR + k) * lanes ...].
+template <class V, int MR, int NR, int RULE>
+inline void forward_tile(const typename V::T* const* xs, const typename V::T* wpk,
+                         const int64_t* run_offsets, int64_t num_runs, int64_t run_len,
+                         typename V::T p, typename V::T* out) {
+  forward_tile_with<V, MR, NR, RULE>(xs, wpk, run_offsets, num_runs, run_len, p,
+                                     [out](int r, int k, typename V::reg a) {
+                                       V::store(out + (r * NR + k) * V::kLanes, a);
+                                     });
 }
 
 template <class V>
@@ -248,6 +260,49 @@ inline T sum_values(const T* v, int64_t n) {
   return total;
 }
 
+// sum_values(v + p * stride, n) for the 8 pixels p = 0..7, bit for bit, with the pixels in
+// the lanes: the eight running sums of each pixel are transposed and added in turn.
+inline void sum_values8(const float* v, int64_t stride, int64_t n, float* out) {
+  __m256 part[8];
+  for (int q = 0; q < 8; ++q) part[q] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+#pragma GCC unroll 8
+    for (int q = 0; q < 8; ++q)
+      part[q] = _mm256_add_ps(part[q], _mm256_loadu_ps(v + q * stride + i));
+  // 8x8 transpose: rows[l] holds lane l of every pixel's running sums.
+  const __m256 t0 = _mm256_unpacklo_ps(part[0], part[1]), t1 = _mm256_unpackhi_ps(part[0], part[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(part[2], part[3]), t3 = _mm256_unpackhi_ps(part[2], part[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(part[4], part[5]), t5 = _mm256_unpackhi_ps(part[4], part[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(part[6], part[7]), t7 = _mm256_unpackhi_ps(part[6], part[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  const __m256 rows[8] = {
+      _mm256_permute2f128_ps(u0, u4, 0x20), _mm256_permute2f128_ps(u1, u5, 0x20),
+      _mm256_permute2f128_ps(u2, u6, 0x20), _mm256_permute2f128_ps(u3, u7, 0x20),
+      _mm256_permute2f128_ps(u0, u4, 0x31), _mm256_permute2f128_ps(u1, u5, 0x31),
+      _mm256_permute2f128_ps(u2, u6, 0x31), _mm256_permute2f128_ps(u3, u7, 0x31)};
+  __m256 total = _mm256_setzero_ps();
+  for (int l = 0; l < 8; ++l) total = _mm256_add_ps(total, rows[l]);
+  for (; i < n; ++i) {
+    alignas(32) float tail[8];
+    for (int q = 0; q < 8; ++q) tail[q] = v[q * stride + i];
+    total = _mm256_add_ps(total, _mm256_load_ps(tail));
+  }
+  _mm256_storeu_ps(out, total);
+}
+
+// out[q] = sum_values(v + q * stride, n) for q < count.
+template <class T>
+inline void sum_pixels(const T* v, int64_t stride, int64_t n, int64_t count, T* out) {
+  int64_t q = 0;
+  if constexpr (std::is_same_v<T, float>)
+    for (; q + 8 <= count; q += 8) sum_values8(v + q * stride, stride, n, out + q);
+  for (; q < count; ++q) out[q] = sum_values(v + q * stride, n);
+}
+
 // Some output o < out and tap t < k read input row (or column) i = o * st + t.
 inline bool tap_reads(int64_t i, int64_t k, int64_t st, int64_t out) {
   if (k >= st) return i < (out - 1) * st + k;
@@ -315,9 +370,8 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
       T* csum = band_buffer<T, kBandPixelSums>(in_rows * plan.wp);
       for (int64_t r = 0; r < in_rows; ++r) {
         if (!tap_reads(r, s.kh, s.sh, rows)) continue;
-        for (int64_t ww = 0; ww < plan.wp; ++ww)
-          if (tap_reads(ww, s.kw, s.sw, s.wo))
-            csum[r * plan.wp + ww] = sum_values(xband + r * row_values + ww * s.c, s.c);
+        // Every pixel of the row, the ones no tap reads too (eight at a time).
+        sum_pixels(xband + r * row_values, s.c, s.c, plan.wp, csum + r * plan.wp);
       }
       T* patch = band_buffer<T, kBandPatchSums>(rows * s.wo);
       for (int64_t hh = 0; hh < rows; ++hh) {
@@ -355,8 +409,28 @@ void forward_blocks(const ConvShape& s, const ForwardPlan<V>& plan, const typena
           qs[r] = std::min(q + r, q1 - 1);
           xs[r] = xband + hh * s.sh * row_values + ww * s.sw * s.c;
         }
-        forward_tile<V, MR, NR, RULE>(xs, wblk, offs, num_runs, run_len, p, acc);
         const int rows = int(std::min<int64_t>(MR, q1 - q));
+        if constexpr (RULE == kMinIdentity) {
+          if (on == ob && rows == MR) {
+            // A whole tile of whole blocks: y = 2 acc - sum x - sum w, from the registers.
+            T* yq[MR];
+            T sx[MR];
+            for (int r = 0; r < MR; ++r) {
+              yq[r] = y + qs[r] * s.o + o0;
+              sx[r] = psum[qs[r]];
+            }
+            const T* swb = sw + o0;
+            forward_tile_with<V, MR, NR, RULE>(
+                xs, wblk, offs, num_runs, run_len, p, [&](int r, int k, typename V::reg a) {
+                  const auto v = V::sub(V::sub(V::add(a, a), V::set1(sx[r])),
+                                        V::load(swb + k * V::kLanes));
+                  if (stream) V::stream(yq[r] + k * V::kLanes, v);
+                  else V::store(yq[r] + k * V::kLanes, v);
+                });
+            continue;
+          }
+        }
+        forward_tile<V, MR, NR, RULE>(xs, wblk, offs, num_runs, run_len, p, acc);
         for (int r = 0; r < rows; ++r) {
           T* yq = y + qs[r] * s.o + o0;
           const T* a = acc + r * NR * V::kLanes;
