@@ -12,9 +12,10 @@ default implementation (on CPU the native kernels of `kernels/cpu/`), and the XL
 peak memory of each compiled f+b as XLA's buffer assignment reports it (arguments + outputs +
 temporaries). With the native kernels, a second table puts their forward and input gradient
 beside their instruction bound: the shape's terms at the rate that its register tile reaches
-on data in L1 on all threads (`kernels.adder_cpu.loop_rate`, measured here, now), and the
-layer's memory floor (a fused XLA loop that reads x and writes y, timed in the same rounds:
-the bound of layers whose output is large beside their work, ResNet-50's 56x56 1x1 layers);
+on data in L1 on all threads (`kernels.adder_cpu.loop_rate`, the best of three runs, measured
+here, now), and the layer's memory floor (a fused XLA loop that reads x and writes y, timed in
+the same rounds: the bound of layers whose output is large beside their work, ResNet-50's
+56x56 1x1 layers), with the page faults per call of the forward and of the floor;
 then the convolution's GFLOP/s beside a float32 GEMM's, and the filter gradient's
 correlation (``x^T g``, `kernels.adder_cpu.filter_corr`, FMAs like a GEMM's) in GFLOP/s
 beside both. Prints markdown tables.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -88,8 +90,9 @@ def native_input_grad(x, w, g, strides, padding):
 
 def memory_floor(x, w, strides, padding):
     """Reads x (the pixels a strided layer uses) and writes an output of the layer's shape,
-    elementwise in one fused XLA loop: what any forward must at least move, into fresh memory
-    as the forward's output is."""
+    elementwise in one fused XLA loop: what any forward must at least move, into memory that
+    XLA's allocator hands over as it does the forward's output (fresh or reused: the table
+    prints the page faults of both)."""
     del padding
     xs = x[:, :: strides[0], :: strides[1]]
     cin, cout = x.shape[3], w.shape[3]
@@ -127,18 +130,32 @@ def compile_fn(fn, args):
     return compiled, args[:-2]
 
 
+def minor_faults() -> int:
+    """Page faults of this process so far that found no page (fresh memory being touched)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def time_round_robin(calls: dict, warmup: int, repeats: int) -> dict[str, float]:
-    """Median ms of each compiled call; every round times each call once, in turn."""
+    """Median ms of each compiled call; every round times each call once, in turn. Also the
+    median page faults per call, as "<name> faults": a call whose output lands in fresh memory
+    pays the OS to map and zero it, on the same cores that compute."""
     for compiled, dynamic in calls.values():
         for _ in range(warmup):
             jax.block_until_ready(compiled(*dynamic))
     times = {name: [] for name in calls}
+    faults = {name: [] for name in calls}
     for _ in range(repeats):
         for name, (compiled, dynamic) in calls.items():
+            f0 = minor_faults()
             t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*dynamic))
+            out = compiled(*dynamic)
+            jax.block_until_ready(out)
             times[name].append(time.perf_counter() - t0)
-    return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+            faults[name].append(minor_faults() - f0)
+            del out
+    row = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    row.update({f"{name} faults": statistics.median(f) for name, f in faults.items()})
+    return row
 
 
 def gemm_gflops(n: int = 4096, repeats: int = 3) -> float:
@@ -249,33 +266,40 @@ def print_bounds(rows, shapes, threads):
     print()
     print(
         f"instruction bound: terms / (rate of the shape's register tile on {threads} threads, "
-        f"data in L1, measured now); float32 GEMM 4096^3: {gemm:.0f} GFLOP/s"
+        f"data in L1, best of three, measured now); float32 GEMM 4096^3: {gemm:.0f} GFLOP/s"
     )
     print()
     print(
         "memory floor: a fused XLA loop that reads x and writes an output of the layer's shape "
-        "(into fresh memory, as the forward does); fwd / bound uses the larger of the two"
+        "(into the memory XLA's allocator hands over, as the forward does); fwd / bound uses "
+        "the larger of the two; faults: median page faults per call of the forward and of the "
+        "floor (fresh pages the OS maps and zeroes on the computing cores; the forward asks "
+        "for 2 MiB pages, so one of its faults can be 512 of the floor's)"
     )
     print()
     print(
-        "| shape | fwd ms | fwd bound ms | memory floor ms | fwd / bound | dx ms | dx bound ms "
+        "| shape | fwd ms | fwd bound ms | memory floor ms | fwd / bound | fwd faults "
+        "| floor faults | dx ms | dx bound ms "
         "| dx / bound | fwd Gterm/s | conv GFLOP/s | conv / GEMM | dw corr ms | dw GFLOP/s "
         "| dw / GEMM |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|" + "---:|" * 15)
     rates = {}
     for r, shape in zip(rows, shapes, strict=True):
         _, _, _, cin, cout, _, _ = shape
         for grad, channels in ((False, cout), (True, cin)):
             if (grad, channels) not in rates:
-                rates[grad, channels] = adder_cpu.loop_rate(isa, grad, channels, threads, 0.3)
+                rates[grad, channels] = max(
+                    adder_cpu.loop_rate(isa, grad, channels, threads, 0.1) for _ in range(3)
+                )
         fwd_bound = 1e3 * r["terms"] / rates[False, cout]
         dx_bound = 1e3 * r["terms"] / rates[True, cin]
         conv_gflops = 2 * r["terms"] / (r["conv_fwd"] * 1e-3) / 1e9
         dw_gflops = 2 * r["terms"] / (r["native_dw"] * 1e-3) / 1e9
         print(
             f"| {r['name']} | {r['adder_fwd']:.2f} | {fwd_bound:.2f} | {r['floor']:.2f} | "
-            f"{r['adder_fwd'] / max(fwd_bound, r['floor']):.2f} | {r['native_dx']:.2f} | "
+            f"{r['adder_fwd'] / max(fwd_bound, r['floor']):.2f} | {r['adder_fwd faults']:.0f} | "
+            f"{r['floor faults']:.0f} | {r['native_dx']:.2f} | "
             f"{dx_bound:.2f} | "
             f"{r['native_dx'] / dx_bound:.2f} | {r['terms'] / r['adder_fwd'] / 1e6:.1f} | "
             f"{conv_gflops:.0f} | {conv_gflops / gemm:.2f} | {r['native_dw']:.2f} | "

@@ -105,6 +105,30 @@ def test_train_step_prints_each_adder_implementation_beside_its_cnn():
     assert float(rows[-1][4]) == 1.0  # the CNN against itself
 
 
+def test_ops_prints_both_tables_for_a_shape():
+    """ops.py end to end on its one small shape: the timing table, and with the native kernels
+    the bound table, every cell a number (page faults included)."""
+    result = subprocess.run(
+        [sys.executable, str(BENCH / "ops.py"), "--only=tiny", "--repeats=1", "--warmup=1"],
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [ln.split("|")[1:-1] for ln in result.stdout.splitlines() if ln.startswith("| tiny")]
+    native = adderjax.default_implementation() == "native"
+    assert len(rows) == (2 if native else 1)
+    assert len(rows[0]) == 12  # with the XLA path's two columns
+    for row in rows:
+        [float(cell) for cell in row[1:]]
+    if native:
+        header = next(ln for ln in result.stdout.splitlines() if ln.startswith("| shape |"))
+        assert "| fwd faults | floor faults |" in header
+        assert len(rows[1]) == 16 and float(rows[1][5]) >= 0 and float(rows[1][6]) >= 0
+    assert "geometric mean ratio: forward" in result.stdout
+
+
 def test_train_step_names_a_bad_model():
     result = subprocess.run(
         [sys.executable, str(BENCH / "train_step.py"), "--models=resnet21"],
