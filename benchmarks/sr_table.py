@@ -1,6 +1,8 @@
 r"""AdderSR's table on real photographs: bicubic, the CNN, AdderSR and its two ablations.
 
     python benchmarks/sr_table.py --out /work/runs/sr_table
+    python benchmarks/sr_table.py --out runs/sr_vdsr_x3 --model vdsr --scale 3 --seeds 0,1,2
+    python benchmarks/sr_table.py --out /tmp/sr_quick --quick     # a few steps (the suite)
 
 No SR benchmark (Set5, DIV2K, ...) installs offline; scikit-image's wheel ships real
 photographs. A fixed split of them is written to ``OUT/photos`` (never to be called Set5):
@@ -11,10 +13,14 @@ photographs. A fixed split of them is written to ``OUT/photos`` (never to be cal
 
 (left out: the synthetic images, and motorcycle_right, the same scene as motorcycle_left.)
 Each variant is one ``python -m train.sr`` run in ``OUT/runs/VARIANT_sSEED`` (a finished run
-is read, not run again), the same small EDSR (``--blocks`` x ``--features``) for all, x2.
-It prints a markdown table (PSNR / SSIM on the Y channel of the test photos, scale pixels of
-border cropped; the operation and energy counts of `adderjax.count_ops` for a 1280x720
-output) and writes ``OUT/results.json``.
+is read, not run again), the same small network (``--blocks`` x ``--features``: EDSR blocks
+or VDSR layers) for all, at ``--scale``. It prints a markdown table (PSNR / SSIM on the Y
+channel of the test photos, scale pixels of border cropped, mean ± standard deviation over
+the seeds; the operation and energy counts of `adderjax.count_ops` for a 1280x720 output),
+then the learning curves (test PSNR at every evaluation, mean over the seeds), writes
+``OUT/results.json`` and plots the curves to ``OUT/curves.png``. ``--quick`` runs each
+variant for a few steps on small patches: the suite's check that the program works, not a
+result.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ VARIANTS = {
 }
 LABELS = {
     "bicubic": "bicubic",
-    "cnn": "CNN (EDSR)",
+    "cnn": "CNN",
     "addersr": "AdderSR",
     "no_shortcut": "AdderSR without self-shortcut",
     "no_power": "AdderSR without power activation",
@@ -67,14 +73,14 @@ def run_args(args, photos: pathlib.Path, variant: str, seed: int, workdir: pathl
     epochs = max(1, args.steps // steps_per_epoch)
     return [
         sys.executable, "-m", "train.sr", f"--workdir={workdir}",
-        f"--config=train/configs/sr.py:{args.model},2",
+        f"--config=train/configs/sr.py:{args.model},{args.scale}",
         f"--config.train_data={photos / 'train'}", f"--config.eval_data={photos / 'test'}",
         f"--config.num_blocks={args.blocks}", f"--config.depth={args.blocks}",
         f"--config.features={args.features}", f"--config.patch_size={args.patch}",
         f"--config.batch_size={args.batch}", f"--config.repeat={args.repeat}",
         f"--config.num_epochs={epochs}", f"--config.learning_rate={args.lr}",
         f"--config.lr_decay_epochs={max(1, 2 * epochs // 3)}",
-        f"--config.eval_every_epochs={max(1, epochs // 6)}", f"--config.seed={seed}",
+        f"--config.eval_every_epochs={max(1, epochs // 10)}", f"--config.seed={seed}",
         "--config.worker_count=0", "--config.progress_bar=False", *VARIANTS[variant],
     ]  # fmt: skip
 
@@ -85,7 +91,7 @@ def counts(args) -> dict:
     out = {}
     for variant, flags in VARIANTS.items():
         kw = dict(
-            scale=2,
+            scale=args.scale,
             features=args.features,
             layer="conv" if "--config.layer=conv" in flags else "adder",
         )
@@ -113,8 +119,14 @@ def main(argv=None) -> None:
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
     parser.add_argument("--jobs", type=int, default=2, help="runs at once")
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps on small patches (for the test suite)"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.repeat, args.patch, args.batch = 4, 2, 12, 4
     variants = [v for v in args.variants.split(",") if v]
     unknown = sorted(set(variants) - set(VARIANTS))
     if unknown:
@@ -141,17 +153,21 @@ def main(argv=None) -> None:
         if proc.wait() != 0:
             sys.exit(f"run {workdir} failed: see {workdir / 'log.txt'}")
         log.close()
-    results = {}
+    results, curves = {}, {}
     for variant in variants:
         rows = [json.loads((args.out / "runs" / f"{variant}_s{s}" / "results.json").read_text())
                 for s in seeds]  # fmt: skip
         results[variant] = {k: [r[k] for r in rows] for k in ("test_psnr", "test_ssim")}
+        curves[variant] = learning_curve([args.out / "runs" / f"{variant}_s{s}" for s in seeds])
         results["bicubic"] = {
             "test_psnr": [rows[0]["test_bicubic_psnr"]], "test_ssim": [rows[0]["test_bicubic_ssim"]]
         }  # fmt: skip
     ops = counts(args)
-    print(f"{args.model} x2, {args.blocks} blocks x {args.features} channels, {args.steps} steps, "
-          f"seeds {args.seeds}; test photos (Y, border 2)\n")  # fmt: skip
+    unit = "blocks" if args.model == "edsr" else "layers"
+    print(
+        f"{args.model} x{args.scale}, {args.blocks} {unit} x {args.features} channels, "
+        f"{args.steps} steps, seeds {args.seeds}; test photos (Y, border {args.scale})\n"
+    )
     print("| method | PSNR (dB) | SSIM | multiplications | additions | energy (uJ) |")
     print("|---|---|---|---|---|---|")
     for variant in ["bicubic", *variants]:
@@ -165,7 +181,63 @@ def main(argv=None) -> None:
             else "— | — | —"
         )
         print(f"| {LABELS[variant]} | {p.mean():.2f}{spread} | {s.mean():.4f} | {cells} |")
-    (args.out / "results.json").write_text(json.dumps({"psnr_ssim": results, "ops": ops}, indent=2))
+    print_curves(curves)
+    plot_curves(curves, args, args.out / "curves.png")
+    (args.out / "results.json").write_text(
+        json.dumps({"psnr_ssim": results, "ops": ops, "curves": curves}, indent=2)
+    )
+
+
+def learning_curve(workdirs: list[pathlib.Path]) -> dict[str, list[float]]:
+    """Test PSNR at every evaluation step of the runs: the steps all of them evaluated at, the
+    mean and the spread (max - min) over the runs."""
+    from train import reporting  # noqa: PLC0415 (after sys.path is set)
+
+    per_run = []
+    for workdir in workdirs:
+        evals = [m for m in reporting.read_metrics(workdir) if m.get("split") == "eval"]
+        per_run.append({int(m["step"]): float(m["test_psnr"]) for m in evals})
+    steps = sorted(set.intersection(*(set(r) for r in per_run)))
+    values = np.array([[r[step] for step in steps] for r in per_run])
+    return {
+        "step": steps,
+        "psnr": values.mean(axis=0).round(3).tolist(),
+        "spread": (values.max(axis=0) - values.min(axis=0)).round(3).tolist(),
+    }
+
+
+def print_curves(curves: dict) -> None:
+    """A markdown table: one row per evaluation step, a column per variant."""
+    variants = list(curves)
+    steps = curves[variants[0]]["step"]
+    print("\nTest PSNR (dB) during training, mean over the seeds:\n")
+    print("| step | " + " | ".join(LABELS[v] for v in variants) + " |")
+    print("|---:|" + "---:|" * len(variants))
+    for i, step in enumerate(steps):
+        cells = []
+        for v in variants:
+            c = curves[v]
+            cells.append(
+                f"{c['psnr'][i]:.2f}" if i < len(c["step"]) and c["step"][i] == step else ""
+            )
+        print(f"| {step} | " + " | ".join(cells) + " |")
+
+
+def plot_curves(curves: dict, args, path: pathlib.Path) -> None:
+    from matplotlib.figure import Figure  # noqa: PLC0415 (only when plotting)
+
+    from train import plots  # noqa: PLC0415 (after sys.path is set)
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.add_subplot()
+    for variant, c in curves.items():
+        ax.plot(c["step"], c["psnr"], marker="o", ms=3, label=LABELS[variant])
+    ax.set_xlabel("step")
+    ax.set_ylabel("test PSNR (dB, Y)")
+    ax.set_title(f"{args.model} x{args.scale}, {args.blocks} x {args.features}, seeds {args.seeds}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    plots.save_figure(fig, path)
 
 
 if __name__ == "__main__":
