@@ -114,7 +114,7 @@ def patch_sq_norms(
     strides and padding (padded zeros add nothing, as in the convolution); for a dense layer
     (``kernel_size=None``) ``sum_i x_i^2`` over the last axis, shape ``(..., 1)``.
     """
-    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
+    sq = jnp.sum(jnp.square(_at_least_f32(x)), axis=-1, keepdims=True)
     if kernel_size is None:
         return sq
     kh, kw = kernel_size
@@ -133,13 +133,13 @@ def patch_sq_norms(
 
 def filter_sq_norms(kernel: jax.Array) -> jax.Array:
     """``||f||^2`` of every filter (the last axis of a conv or dense kernel): ``(features,)``."""
-    k = kernel.astype(jnp.float32)
+    k = _at_least_f32(kernel)
     return jnp.sum(jnp.square(k), axis=tuple(range(k.ndim - 1)))
 
 
 def standardize(features: jax.Array, eps: float = 1e-5) -> jax.Array:
     """Zero mean, unit variance per channel (the last axis) over every other axis."""
-    f = features.astype(jnp.float32)
+    f = _at_least_f32(features)
     axes = tuple(range(f.ndim - 1))
     mean = jnp.mean(f, axis=axes, keepdims=True)
     var = jnp.mean(jnp.square(f - mean), axis=axes, keepdims=True)
@@ -168,7 +168,7 @@ def feature_loss(student_map: jax.Array, teacher_map: jax.Array) -> jax.Array:
             f"{student_map.shape=} and {teacher_map.shape=} differ: a distilled layer must "
             f"have the same output shape in both networks"
         )
-    diff = student_map.astype(jnp.float32) - jax.lax.stop_gradient(teacher_map)
+    diff = _at_least_f32(student_map) - jax.lax.stop_gradient(teacher_map)
     return jnp.mean(jnp.square(diff))
 
 
@@ -181,9 +181,9 @@ def kd_loss(student_logits: jax.Array, teacher_logits: jax.Array, *, temperature
     _check_positive(temperature=temperature)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"{student_logits.shape=} and {teacher_logits.shape=} differ")
-    t = jax.lax.stop_gradient(teacher_logits.astype(jnp.float32)) / temperature
+    t = jax.lax.stop_gradient(_at_least_f32(teacher_logits)) / temperature
     log_p_t = jax.nn.log_softmax(t, axis=-1)
-    log_p_s = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature, axis=-1)
+    log_p_s = jax.nn.log_softmax(_at_least_f32(student_logits) / temperature, axis=-1)
     kl = jnp.sum(jnp.exp(log_p_t) * (log_p_t - log_p_s), axis=-1)
     return temperature**2 * jnp.mean(kl)
 
@@ -281,13 +281,19 @@ def feature_map(
         return standardize(tap.outputs)
     if features != "kernel":
         raise ValueError(f"features must be 'kernel' or 'plain', got features={features!r}")
-    y = tap.outputs.astype(jnp.float32)
+    y = _at_least_f32(tap.outputs)
     if tap.adder:
         return laplacian_kernel_map(y, fan_in=tap.fan_in, sigma=sigma_a)
     patch = patch_sq_norms(tap.inputs, tap.kernel_size, tap.strides or (1, 1), tap.padding)
     return gaussian_kernel_map(
         y, patch, filter_sq_norms(tap.kernel), fan_in=tap.fan_in, sigma=sigma_c
     )
+
+
+def _at_least_f32(x: jax.Array) -> jax.Array:
+    """x in float32, or float64 where it is float64: the maps and losses never compute in
+    bfloat16 or float16, and a float64 run keeps its digits."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def _check_positive(**values) -> None:

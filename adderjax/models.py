@@ -232,6 +232,12 @@ def _norm(model: nn.Module, train: bool) -> ModuleDef:
     )
 
 
+def _logits(x: Array) -> Array:
+    """The classifier's output in float32 (bfloat16 and float16 models), or float64 where the
+    model computes in float64: the loss never sees fewer digits than float32's."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def _flatten_chw(x: Array) -> Array:
     # PyTorch flattens NCHW maps; the same (C, H, W) order makes a converted fc weight a plain
     # transpose, as for every other dense layer.
@@ -319,7 +325,8 @@ class ResNet(nn.Module):
       layer: one of `LAYERS`: "adder" (AdderNet), "conv" (the CNN of the same architecture),
         "shift" (DeepShift) or "shiftadd" (ShiftAddNet).
       shift_options: the shift layers' (`adderjax.shift.ShiftOptions`).
-      dtype: the computation dtype; parameters are float32 and the logits are cast to float32.
+      dtype: the computation dtype; parameters are float32 and the logits are cast to float32
+        (float64 models keep float64 logits).
       input_grad, filter_grad, implementation, interpret: passed to every adder layer.
     """
 
@@ -365,7 +372,7 @@ class ResNet(nn.Module):
         x = jnp.mean(x, axis=(1, 2), keepdims=True)
         x = fp_conv(self.num_classes, (1, 1), use_bias=self.fc_bias, name="fc")(x)
         x = norm(name="bn2")(x)
-        return jnp.reshape(x, (x.shape[0], -1)).astype(jnp.float32)
+        return _logits(jnp.reshape(x, (x.shape[0], -1)))
 
 
 class VGG(nn.Module):
@@ -412,7 +419,7 @@ class VGG(nn.Module):
                 x = nn.relu(norm(name=f"bn{n}")(x))
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = _outer_layers(self)[1](self.num_classes, name="fc", use_bias=True)(_flatten_chw(x))
-        return x.astype(jnp.float32)
+        return _logits(x)
 
 
 class LeNet5BN(nn.Module):
@@ -460,7 +467,7 @@ class LeNet5BN(nn.Module):
         if self.bottleneck is not None:
             x = norm(name="bn5")(dense(self.bottleneck, name="features")(x, p=p))
         x = outer_dense(self.num_classes, use_bias=True, name="fc3")(x)
-        return x.astype(jnp.float32)
+        return _logits(x)
 
 
 ResNet20 = partial(

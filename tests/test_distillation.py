@@ -223,3 +223,33 @@ def test_skip_nonfinite_skips_the_whole_step(idx_dir, tmp_path):
         assert int(state[part]["step"]) == 3, part
         for leaf in jax.tree.leaves(state[part]["params"]):
             assert np.all(np.isfinite(leaf)), part
+
+
+@pytest.mark.slow
+def test_pkkd_steps_follow_a_pytorch_pkkd_in_float64():
+    """ResNet-20: the AdderNet student (the authors' adder backward and SGD), its CNN as the
+    progressive teacher and the three stage alignments, trained by PKKD's loss written in
+    PyTorch (`benchmarks/torch_trajectory.py`) beside `distillation.train_step`, from the same
+    weights, both in float64: after 3 steps every parameter, BatchNorm statistic and alignment
+    of the three agrees to 1e-5 of its largest value, and every one of them moved."""
+    pytest.importorskip("torch")
+    import pathlib
+    import sys
+
+    sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import torch_trajectory as tt
+    finally:
+        sys.path.pop(0)
+
+    student, teacher, s_state, t_state, batches, info = tt.make_pkkd_run(seed=0, steps=3)
+    want = tt.as_pkkd_variables(
+        *tt.torch_pkkd_steps(student, teacher, s_state, t_state, batches, info, np.float64)
+    )
+    got = tt.adderjax_pkkd_steps(s_state, t_state, batches, info, np.float64)
+    errors = tt.errors(got, want)
+    assert len(errors) == len(jax.tree.leaves(want)) and max(errors.values()) < 1e-5, errors
+    start = tt.as_pkkd_variables(
+        s_state, t_state, {k: np.eye(len(a)) for k, a in want["align"].items()}
+    )
+    assert min(tt.errors(start, want).values()) > 1e-6  # every leaf moved
