@@ -1,6 +1,7 @@
 """Distillation of a LeNet-5-BN AdderNet from its CNN, measured: six recipes over seeds.
 
     python benchmarks/distill_table.py --root /tmp/distill --epochs 2 --seeds 0 1 2
+    python benchmarks/distill_table.py --root /tmp/q --quick --seeds 0   # 2 steps a run
 
 Rows (each `python -m train.mnist` with the overrides shown, in its own workdir under
 --root, per seed):
@@ -93,8 +94,18 @@ def write_fashion_cifar(root: pathlib.Path, train_images: int, data_dir: str | N
     return str(out)
 
 
+# --quick: a few steps of small batches (the test suite's check that the rows run, not a result).
+QUICK = [
+    "--config.num_train_steps=2",
+    "--config.batch_size=8",
+    "--config.eval_batch_size=64",
+    "--config.log_every_steps=1",
+]
+
+
 def _command(root: pathlib.Path, name: str, overrides: list[str], seed: int, args) -> list[str]:
     teacher = root / f"cnn_s{seed}"
+    overrides = [*overrides, *(QUICK if args.quick else [])]
     if args.resnet20:
         return [
             "-m",
@@ -123,7 +134,7 @@ def _command(root: pathlib.Path, name: str, overrides: list[str], seed: int, arg
     ]
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", required=True, help="parent of the runs' workdirs")
     parser.add_argument("--epochs", type=int, default=2)
@@ -132,7 +143,10 @@ def main() -> None:
     parser.add_argument("--resnet20", action="store_true", help="ResNet-20 on 32x32x3 inputs")
     parser.add_argument("--train_images", type=int, default=10_000, help="with --resnet20")
     parser.add_argument("--rows", default=None, help="workdir prefixes to run (default: all)")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick", action="store_true", help="2 steps a run (for the test suite; not a result)"
+    )
+    args = parser.parse_args(argv)
     root = pathlib.Path(args.root).absolute()
     root.mkdir(parents=True, exist_ok=True)
     rows = ROWS

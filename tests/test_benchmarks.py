@@ -3,6 +3,7 @@ kernels' own, its TPU bundle report reads libtpu's dumps (and needs libtpu); sca
 train_step.py run their tables end to end."""
 
 import importlib.util
+import json
 import os
 import pathlib
 import re
@@ -329,3 +330,58 @@ def test_tpu_report_without_libtpu_says_so():
         .stderr.strip()
         .endswith("--generation must be one of ('v4', 'v5e', 'v5p', 'v6e'), got 'v9'")
     )
+
+
+@pytest.mark.slow
+def test_distill_table_quick_runs_the_rows_it_is_given(tmp_path):
+    """distill_table.py --quick on tiny idx files: the CNN, KD from that finished CNN and
+    PKKD, 2 steps each, in one table; the teacher column where a row has one."""
+    import datafiles
+
+    data = datafiles.write_idx_dir(tmp_path / "idx", num_train=32, num_test=16)
+    cmd = [sys.executable, str(BENCH / "distill_table.py"), f"--root={tmp_path / 'runs'}"]
+    cmd += ["--quick", "--seeds", "0", "--epochs=1", f"--data_dir={data}"]
+    result = subprocess.run(
+        [*cmd, "--rows=cnn,kd_finished,pkkd"], capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [ln for ln in result.stdout.splitlines() if ln.startswith("| ")]
+    rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in lines}
+    assert {"CNN", "KD, finished CNN", "PKKD (kernel features)"} <= set(rows)
+    for label in ("KD, finished CNN", "PKKD (kernel features)"):
+        student, teacher = float(rows[label][0]), float(rows[label][2].split("±")[0])
+        assert 0 <= student <= 100 and 0 <= teacher <= 100
+    command = (tmp_path / "runs" / "pkkd_s0" / "command.txt").read_text()
+    assert "--config.num_train_steps=2" in command and "--config.distill=pkkd" in command
+
+
+@pytest.mark.slow
+def test_sr_table_quick_prints_the_table_and_the_curves(tmp_path):
+    """sr_table.py --quick: the CNN and AdderSR (VDSR x3) for a few steps on the photographs,
+    the table with bicubic's row, the learning-curve table and its plot."""
+    pytest.importorskip("skimage")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(BENCH / "sr_table.py"),
+            f"--out={tmp_path}",
+            "--quick",
+            "--model=vdsr",
+            "--scale=3",
+            "--variants=cnn,addersr",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert out.startswith("vdsr x3, 4 layers x 32 channels") and "border 3" in out
+    table = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in out.splitlines()[:8]
+             if ln.startswith("| ") and not ln.startswith("| method")}  # fmt: skip
+    assert set(table) == {"bicubic", "CNN", "AdderSR"}
+    assert all(20 < float(cells[0].split("±")[0]) < 50 for cells in table.values())
+    assert "| step | CNN | AdderSR |" in out
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert set(saved["curves"]) == {"cnn", "addersr"} and saved["curves"]["cnn"]["step"]
+    assert (tmp_path / "curves.png").stat().st_size > 0
