@@ -3,6 +3,7 @@ r"""AdderSR's table on real photographs: bicubic, the CNN, AdderSR and its two a
     python benchmarks/sr_table.py --out /work/runs/sr_table
     python benchmarks/sr_table.py --out runs/sr_vdsr_x3 --model vdsr --scale 3 --seeds 0,1,2
     python benchmarks/sr_table.py --out /tmp/sr_quick --quick     # a few steps (the suite)
+    python benchmarks/sr_table.py --summary runs/sr/*             # finished tables side by side
 
 No SR benchmark (Set5, DIV2K, ...) installs offline; scikit-image's wheel ships real
 photographs. A fixed split of them is written to ``OUT/photos`` (never to be called Set5):
@@ -20,7 +21,8 @@ the seeds; the operation and energy counts of `adderjax.count_ops` for a 1280x72
 then the learning curves (test PSNR at every evaluation, mean over the seeds), writes
 ``OUT/results.json`` and plots the curves to ``OUT/curves.png``. ``--quick`` runs each
 variant for a few steps on small patches: the suite's check that the program works, not a
-result.
+result. ``--summary DIR ...`` reads finished tables' ``results.json`` and prints CNN against
+AdderSR for each network and scale beside the authors' Set5 numbers.
 """
 
 from __future__ import annotations
@@ -106,9 +108,53 @@ def counts(args) -> dict:
     return out
 
 
+# The authors' README (PSNR / SSIM on Set5's Y channel, DIV2K training, full-size networks):
+# (model, scale) -> (CNN, AdderSR); bicubic's Set5 rows from the VDSR and EDSR papers.
+PAPER_SET5 = {
+    ("vdsr", 2): ((37.53, 0.9587), (37.37, 0.9575)),
+    ("edsr", 2): ((38.11, 0.9601), (37.92, 0.9589)),
+    ("vdsr", 3): ((33.66, 0.9213), (33.47, 0.9151)),
+    ("edsr", 3): ((34.65, 0.9282), (34.35, 0.9212)),
+    ("vdsr", 4): ((31.35, 0.8838), (31.27, 0.8762)),
+    ("edsr", 4): ((32.46, 0.8968), (32.13, 0.8864)),
+}
+BICUBIC_SET5 = {2: (33.66, 0.9299), 3: (30.39, 0.8682), 4: (28.42, 0.8104)}
+
+
+def summary(dirs: list[pathlib.Path]) -> None:
+    """CNN against AdderSR for every finished table in ``dirs``, beside the paper's Set5: the
+    gap in dB, and how much of the CNN's gain over bicubic AdderSR keeps."""
+    print(
+        "| network | steps | seeds | bicubic | CNN | AdderSR | gap (dB) | AdderSR keeps | "
+        "the paper, Set5: CNN / AdderSR | gap | keeps |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    for out in dirs:
+        saved = json.loads((out / "results.json").read_text())
+        setup, r = saved["setup"], saved["psnr_ssim"]
+        if "cnn" not in r or "addersr" not in r:
+            continue
+        model, scale = setup["model"], setup["scale"]
+        bicubic = r["bicubic"]["test_psnr"][0]
+        cnn, adder = np.array(r["cnn"]["test_psnr"]), np.array(r["addersr"]["test_psnr"])
+        ms = lambda v: f"{v.mean():.2f} ± {v.std(ddof=1):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
+        gap, keeps = cnn.mean() - adder.mean(), (adder.mean() - bicubic) / (cnn.mean() - bicubic)
+        (pc, _), (pa, _) = PAPER_SET5[model, scale]
+        pb = BICUBIC_SET5[scale][0]
+        print(
+            f"| {model} x{scale} ({setup['blocks']} x {setup['features']}) | {setup['steps']} | "
+            f"{len(cnn)} | {bicubic:.2f} | {ms(cnn)} | {ms(adder)} | {gap:.2f} | "
+            f"{100 * keeps:.0f}% | {pc:.2f} / {pa:.2f} | {pc - pa:.2f} | "
+            f"{100 * (pa - pb) / (pc - pb):.0f}% |"
+        )
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=pathlib.Path, required=True)
+    parser.add_argument("--out", type=pathlib.Path, help="the table's folder (required)")
+    parser.add_argument(
+        "--summary", type=pathlib.Path, nargs="+", help="finished tables' --out folders"
+    )
     parser.add_argument("--model", default="edsr", choices=("edsr", "vdsr"))
     parser.add_argument("--blocks", type=int, default=4, help="EDSR blocks or VDSR depth")
     parser.add_argument("--features", type=int, default=32)
@@ -125,6 +171,13 @@ def main(argv=None) -> None:
         "--quick", action="store_true", help="a few steps on small patches (for the test suite)"
     )
     args = parser.parse_args(argv)
+    if args.summary:
+        if missing := [str(d) for d in args.summary if not (d / "results.json").exists()]:
+            parser.error(f"--summary: no results.json in {', '.join(missing)}")
+        summary(args.summary)
+        return
+    if args.out is None:
+        parser.error("--out is required (or --summary)")
     if args.quick:
         args.steps, args.repeat, args.patch, args.batch = 4, 2, 12, 4
     variants = [v for v in args.variants.split(",") if v]
@@ -184,7 +237,17 @@ def main(argv=None) -> None:
     print_curves(curves)
     plot_curves(curves, args, args.out / "curves.png")
     (args.out / "results.json").write_text(
-        json.dumps({"psnr_ssim": results, "ops": ops, "curves": curves}, indent=2)
+        json.dumps(
+            {
+                "setup": {
+                    k: getattr(args, k) for k in ("model", "scale", "blocks", "features", "steps")
+                },
+                "psnr_ssim": results,
+                "ops": ops,
+                "curves": curves,
+            },
+            indent=2,
+        )
     )
 
 

@@ -385,3 +385,12 @@ def test_sr_table_quick_prints_the_table_and_the_curves(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["curves"]) == {"cnn", "addersr"} and saved["curves"]["cnn"]["step"]
     assert (tmp_path / "curves.png").stat().st_size > 0
+    summary = subprocess.run(
+        [sys.executable, str(BENCH / "sr_table.py"), "--summary", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert summary.returncode == 0, summary.stderr[-3000:]
+    row = next(ln for ln in summary.stdout.splitlines() if ln.startswith("| vdsr x3"))
+    assert "| 33.66 / 33.47 | 0.19 |" in row  # the authors' Set5 numbers beside ours
