@@ -235,7 +235,7 @@ def main(argv=None) -> None:
         )
         print(f"| {LABELS[variant]} | {p.mean():.2f}{spread} | {s.mean():.4f} | {cells} |")
     print_curves(curves)
-    plot_curves(curves, args, args.out / "curves.png")
+    plot_curves(curves, results["bicubic"]["test_psnr"][0], args, args.out / "curves.png")
     (args.out / "results.json").write_text(
         json.dumps(
             {
@@ -286,7 +286,7 @@ def print_curves(curves: dict) -> None:
         print(f"| {step} | " + " | ".join(cells) + " |")
 
 
-def plot_curves(curves: dict, args, path: pathlib.Path) -> None:
+def plot_curves(curves: dict, bicubic: float, args, path: pathlib.Path) -> None:
     from matplotlib.figure import Figure  # noqa: PLC0415 (only when plotting)
 
     from train import plots  # noqa: PLC0415 (after sys.path is set)
@@ -295,6 +295,7 @@ def plot_curves(curves: dict, args, path: pathlib.Path) -> None:
     ax = fig.add_subplot()
     for variant, c in curves.items():
         ax.plot(c["step"], c["psnr"], marker="o", ms=3, label=LABELS[variant])
+    ax.axhline(bicubic, color="gray", ls="--", lw=1, label="bicubic")
     ax.set_xlabel("step")
     ax.set_ylabel("test PSNR (dB, Y)")
     ax.set_title(f"{args.model} x{args.scale}, {args.blocks} x {args.features}, seeds {args.seeds}")
