@@ -74,20 +74,12 @@ def columns(x, kernel_hw, strides, pads):
 
 
 def _check_args(x, w, strides, pads, p, p_value):
-    if x.ndim != 4:
-        raise ValueError(f"x must be rank 4 (N, H, W, C), got {x.shape=}")
-    if w.ndim != 4 or w.shape[2] != x.shape[3]:
-        raise ValueError(f"w must be (kh, kw, {x.shape[3]}, cout) for {x.shape=}, got {w.shape=}")
+    layout = layout_lib.checked_layout(x, w, strides, pads, p, p_value)
     for name, a in (("x", x), ("w", w)):
         if a.dtype == jnp.float64:
             raise ValueError(
                 f"{name} is float64: the TPU kernels compute in float32 (use implementation='xla')"
             )
-    if p is None and p_value is None:
-        raise ValueError("p=None (a traced p) needs p_value, a scalar array")
-    layout = layout_lib.make_layout(x.shape, w.shape[:2], strides, pads)
-    if min(layout.out_hw) < 1:
-        raise ValueError(f"no output pixels: {x.shape=}, {w.shape=}, {strides=}, {pads=}")
     return layout
 
 

@@ -120,19 +120,6 @@ def _compiler_params(block_sizes: BlockSizes):
     return plgpu.CompilerParams(num_warps=block_sizes.num_warps, num_stages=block_sizes.num_stages)
 
 
-def _check_args(x, w, strides, pads, p, p_value):
-    if x.ndim != 4:
-        raise ValueError(f"x must be rank 4 (N, H, W, C), got {x.shape=}")
-    if w.ndim != 4 or w.shape[2] != x.shape[3]:
-        raise ValueError(f"w must be (kh, kw, {x.shape[3]}, cout) for {x.shape=}, got {w.shape=}")
-    if p is None and p_value is None:
-        raise ValueError("p=None (a traced p) needs p_value, a scalar array")
-    layout = layout_lib.make_layout(x.shape, w.shape[:2], strides, pads)
-    if min(layout.out_hw) < 1:
-        raise ValueError(f"no output pixels: {x.shape=}, {w.shape=}, {strides=}, {pads=}")
-    return layout
-
-
 def _check_index_range(**operands):
     # Pallas Triton addresses a ref with int32 element offsets.
     for name, a in operands.items():
@@ -253,7 +240,7 @@ def forward(x, w, *, strides, pads, p=1.0, p_value=None, block_sizes=None, inter
     Returns:
       (N, Ho, Wo, Cout) in float32 (float64 for float64 inputs).
     """
-    layout = _check_args(x, w, strides, pads, p, p_value)
+    layout = layout_lib.checked_layout(x, w, strides, pads, p, p_value)
     cin, cout = w.shape[2:]
     bs = block_sizes or BlockSizes.get_default(
         "forward", in_channels=cin, out_channels=cout, rows=layout.rows, taps=layout.num_taps
@@ -357,7 +344,7 @@ def input_grad(
     Returns:
       (N, H, W, Cin) in float32 (float64 for float64 inputs).
     """
-    layout = _check_args(x, w, strides, pads, p, p_value)
+    layout = layout_lib.checked_layout(x, w, strides, pads, p, p_value)
     if input_grad not in INPUT_GRADS:
         raise ValueError(f"input_grad must be one of {INPUT_GRADS}, got {input_grad!r}")
     if g.shape != (layout.batch, *layout.out_hw, w.shape[3]):
@@ -454,7 +441,7 @@ def filter_grad(x, w, g, *, strides, pads, block_sizes=None, interpret=False):
     Returns:
       (kh, kw, Cin, Cout) in float32 (float64 for float64 inputs).
     """
-    layout = _check_args(x, w, strides, pads, 1.0, None)
+    layout = layout_lib.checked_layout(x, w, strides, pads, 1.0, None)
     if g.shape != (layout.batch, *layout.out_hw, w.shape[3]):
         raise ValueError(
             f"g must be the output's shape {(layout.batch, *layout.out_hw, w.shape[3])}, "

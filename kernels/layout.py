@@ -23,6 +23,7 @@ from jax import lax
 
 __all__ = [
     "PhaseLayout",
+    "checked_layout",
     "gather_output",
     "make_layout",
     "merge_input",
@@ -90,6 +91,22 @@ def make_layout(x_shape, kernel_hw, strides, pads) -> PhaseLayout:
         out_hw=out_hw,
         phase_hw=phase_hw,
     )
+
+
+def checked_layout(x, w, strides, pads, p, p_value) -> PhaseLayout:
+    """`make_layout` of a kernel call's NHWC ``x`` and HWIO ``w``, after the checks every
+    kernel makes: ranks, matching channels, a traced p (``p=None``) with its ``p_value``, and
+    at least one output pixel. Raises ValueError in one line naming what is wrong."""
+    if x.ndim != 4:
+        raise ValueError(f"x must be rank 4 (N, H, W, C), got {x.shape=}")
+    if w.ndim != 4 or w.shape[2] != x.shape[3]:
+        raise ValueError(f"w must be (kh, kw, {x.shape[3]}, cout) for {x.shape=}, got {w.shape=}")
+    if p is None and p_value is None:
+        raise ValueError("p=None (a traced p) needs p_value, a scalar array")
+    layout = make_layout(x.shape, w.shape[:2], strides, pads)
+    if min(layout.out_hw) < 1:
+        raise ValueError(f"no output pixels: {x.shape=}, {w.shape=}, {strides=}, {pads=}")
+    return layout
 
 
 def _pad_to(a, shape):

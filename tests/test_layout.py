@@ -66,3 +66,24 @@ def test_phase_taps_partition_the_taps():
     taps = [lay.phase_taps(ph) for ph in range(lay.num_phases)]
     assert taps == [(0, 2, 6, 8), (1, 7), (3, 5), (4,)]
     assert sorted(t for ts in taps for t in ts) == list(range(9))
+
+
+@pytest.mark.parametrize(
+    "x_shape, w_shape, p, p_value, pads, message",
+    [
+        ((8, 8, 3), (3, 3, 3, 4), 1.0, None, ((1, 1), (1, 1)), "x must be rank 4"),
+        ((1, 8, 8, 3), (3, 3, 2, 4), 1.0, None, ((1, 1), (1, 1)), r"w must be \(kh, kw, 3, cout\)"),
+        ((1, 8, 8, 3), (3, 3, 3, 4), None, None, ((1, 1), (1, 1)), "needs p_value"),
+        ((1, 2, 2, 3), (3, 3, 3, 4), 1.0, None, ((0, 0), (0, 0)), "no output pixels"),
+    ],
+)
+def test_checked_layout_names_what_is_wrong(x_shape, w_shape, p, p_value, pads, message):
+    x, w = jnp.zeros(x_shape), jnp.zeros(w_shape)
+    with pytest.raises(ValueError, match=message):
+        layout_lib.checked_layout(x, w, (1, 1), pads, p, p_value)
+
+
+def test_checked_layout_is_make_layout_for_good_arguments():
+    x, w = jnp.zeros((2, 9, 7, 3)), jnp.zeros((3, 3, 3, 4))
+    got = layout_lib.checked_layout(x, w, (2, 1), ((1, 1), (0, 2)), None, jnp.float32(1.5))
+    assert got == layout_lib.make_layout(x.shape, (3, 3), (2, 1), ((1, 1), (0, 2)))
