@@ -26,6 +26,17 @@ def _run(*args):
     )
 
 
+def _script(name, *args, timeout=600):
+    """benchmarks/NAME run with ARGS from the repository root; its completed process."""
+    return subprocess.run(
+        [sys.executable, str(BENCH / name), *args],
+        capture_output=True,
+        text=True,
+        cwd=BENCH.parent,
+        timeout=timeout,
+    )
+
+
 def test_without_a_gpu_it_says_so_and_exits():
     if jax.default_backend() == "gpu":
         pytest.skip("a GPU is present: the benchmark would run")
@@ -83,20 +94,7 @@ def test_scaling_prints_a_row_per_device_count():
 
 
 def test_train_step_prints_each_adder_implementation_beside_its_cnn():
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "train_step.py"),
-            "--models=lenet5_bn",
-            "--batch=4",
-            "--steps=1",
-            "--warmup=0",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=BENCH.parent,
-        timeout=600,
-    )
+    result = _script("train_step.py", "--models=lenet5_bn", "--batch=4", "--steps=1", "--warmup=0")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split("|")[1:-1] for ln in result.stdout.splitlines() if ln.startswith("| lenet")]
     variants = [r[1].strip() for r in rows]
@@ -109,13 +107,7 @@ def test_train_step_prints_each_adder_implementation_beside_its_cnn():
 def test_ops_prints_both_tables_for_a_shape():
     """ops.py end to end on its one small shape: the timing table, and with the native kernels
     the bound table, every cell a number (page faults included)."""
-    result = subprocess.run(
-        [sys.executable, str(BENCH / "ops.py"), "--only=tiny", "--repeats=1", "--warmup=1"],
-        capture_output=True,
-        text=True,
-        cwd=BENCH.parent,
-        timeout=600,
-    )
+    result = _script("ops.py", "--only=tiny", "--repeats=1", "--warmup=1")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [ln.split("|")[1:-1] for ln in result.stdout.splitlines() if ln.startswith("| tiny")]
     native = adderjax.default_implementation() == "native"
@@ -339,11 +331,10 @@ def test_distill_table_quick_runs_the_rows_it_is_given(tmp_path):
     import datafiles
 
     data = datafiles.write_idx_dir(tmp_path / "idx", num_train=32, num_test=16)
-    cmd = [sys.executable, str(BENCH / "distill_table.py"), f"--root={tmp_path / 'runs'}"]
-    cmd += ["--quick", "--seeds", "0", "--epochs=1", f"--data_dir={data}"]
-    result = subprocess.run(
-        [*cmd, "--rows=cnn,kd_finished,pkkd"], capture_output=True, text=True, timeout=600
-    )
+    result = _script(
+        "distill_table.py", f"--root={tmp_path / 'runs'}", "--quick", "--seeds", "0",
+        "--epochs=1", f"--data_dir={data}", "--rows=cnn,kd_finished,pkkd",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [ln for ln in result.stdout.splitlines() if ln.startswith("| ")]
     rows = {ln.split("|")[1].strip(): ln.split("|")[2:-1] for ln in lines}
@@ -360,20 +351,10 @@ def test_sr_table_quick_prints_the_table_and_the_curves(tmp_path):
     """sr_table.py --quick: the CNN and AdderSR (VDSR x3) for a few steps on the photographs,
     the table with bicubic's row, the learning-curve table and its plot."""
     pytest.importorskip("skimage")
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(BENCH / "sr_table.py"),
-            f"--out={tmp_path}",
-            "--quick",
-            "--model=vdsr",
-            "--scale=3",
-            "--variants=cnn,addersr",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _script(
+        "sr_table.py", f"--out={tmp_path}", "--quick", "--model=vdsr", "--scale=3",
+        "--variants=cnn,addersr",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert out.startswith("vdsr x3, 4 layers x 32 channels") and "border 3" in out
@@ -385,12 +366,7 @@ def test_sr_table_quick_prints_the_table_and_the_curves(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert set(saved["curves"]) == {"cnn", "addersr"} and saved["curves"]["cnn"]["step"]
     assert (tmp_path / "curves.png").stat().st_size > 0
-    summary = subprocess.run(
-        [sys.executable, str(BENCH / "sr_table.py"), "--summary", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    summary = _script("sr_table.py", "--summary", str(tmp_path), timeout=120)
     assert summary.returncode == 0, summary.stderr[-3000:]
     row = next(ln for ln in summary.stdout.splitlines() if ln.startswith("| vdsr x3"))
     assert "| 33.66 / 33.47 | 0.19 |" in row  # the authors' Set5 numbers beside ours
