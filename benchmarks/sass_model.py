@@ -57,6 +57,7 @@ __all__ = [
     "loops",
     "parse_sass",
     "triton_calls",
+    "triton_calls_of",
     "default_tiles",
     "kernel_calls",
     "layer_arrays",
@@ -103,7 +104,12 @@ class TritonCall:
 
 def triton_calls(fn, *args) -> list[TritonCall]:
     """The Triton kernels of ``jax.jit(fn)(*args)`` lowered for CUDA, in program order."""
-    module = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).compiler_ir("stablehlo")
+    return triton_calls_of(jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)))
+
+
+def triton_calls_of(lowered: jax.stages.Lowered) -> list[TritonCall]:
+    """The Triton kernels of a program already lowered for CUDA, in program order."""
+    module = lowered.compiler_ir("stablehlo")
     found = []
 
     def walk(op):

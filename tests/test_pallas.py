@@ -7,6 +7,7 @@ only fails in Triton's integer types. The lowered module must hold exactly the e
 Triton kernels (names included), so a silent fall-back to the XLA path fails too.
 """
 
+import functools
 import importlib.util
 import pathlib
 import re
@@ -52,8 +53,28 @@ def _op(geom, p_static=1.0, input_grad="hardtanh"):
 
 
 def _cuda_kernels(fn, *args) -> list[str]:
-    text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
-    return sorted(TRITON_CALL.findall(text))
+    return _kernel_names(jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)))
+
+
+def _kernel_names(lowered) -> list[str]:
+    return sorted(TRITON_CALL.findall(lowered.as_text()))
+
+
+@functools.cache
+def _lowered_vjp(net, layer, batch, dtype, p_static, input_grad):
+    """A layer's forward and pullback lowered for CUDA; cached, as lowering is most of this
+    module's time and the cubin test below compiles the same programs the lowering test made
+    (pytest-xdist's loadscope runs a module on one worker, in order). Every argument is
+    positional, so that equal calls are equal cache keys."""
+    x, w, g, geom = _layer(net, layer, batch, dtype)
+    op = _op(geom, p_static, input_grad)
+
+    def vjp(x, w, p, g):
+        y, pullback = jax.vjp(op, x, w, p)
+        return y, pullback(g)
+
+    p = jax.ShapeDtypeStruct((), jnp.float32)
+    return jax.jit(vjp).trace(x, w, p, g).lower(lowering_platforms=("cuda",))
 
 
 def _input_grad_calls(geom):
@@ -68,13 +89,8 @@ def test_forward_and_vjp_lower_to_triton_for_cuda(net, layer, batch):
     op = _op(geom)
     p = jax.ShapeDtypeStruct((), jnp.float32)
     assert _cuda_kernels(op, x, w, p) == ["adder_forward"]
-
-    def vjp(x, w, p, g):
-        y, pullback = jax.vjp(op, x, w, p)
-        return y, pullback(g)
-
     expected = sorted(["adder_forward", "adder_filter_grad", *_input_grad_calls(geom)])
-    assert _cuda_kernels(vjp, x, w, p, g) == expected
+    assert _kernel_names(_lowered_vjp(net, layer, batch, jnp.float32, 1.0, "hardtanh")) == expected
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
@@ -121,7 +137,6 @@ def test_kernels_compile_to_sm90_cubins_without_spills(tmp_path):
     This goes past lowering: Triton's own passes and ptxas run, so a layout Triton cannot
     handle, a tile that overflows shared memory or spills registers fails here.
     """
-    p = jax.ShapeDtypeStruct((), jnp.float32)
     variants = [
         (net, layer, jnp.float32, 1.0, "hardtanh") for net in LAYERS for layer in LAYERS[net]
     ]
@@ -131,14 +146,7 @@ def test_kernels_compile_to_sm90_cubins_without_spills(tmp_path):
     ]
     distinct = {}
     for net, layer, dtype, p_static, mode in variants:
-        x, w, g, geom = _layer(net, layer, 256, dtype)
-        op = _op(geom, p_static, mode)
-
-        def vjp(x, w, p, g, op=op):
-            y, pullback = jax.vjp(op, x, w, p)
-            return y, pullback(g)
-
-        for call in sass.triton_calls(vjp, x, w, p, g):
+        for call in sass.triton_calls_of(_lowered_vjp(net, layer, 256, dtype, p_static, mode)):
             # One kernel per kind, set of tile shapes and set of operations (p = 1, 2 or any
             # p): the others differ from it only in sizes and index arithmetic, not in what
             # decides registers and shared memory.
