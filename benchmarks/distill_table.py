@@ -15,7 +15,8 @@ Rows (each `python -m train.mnist` with the overrides shown, in its own workdir 
 With --resnet20 it runs ResNet-20 instead, the network the paper reports, on the CIFAR-10
 layout: Fashion-MNIST padded to 32x32 and tiled to 3 channels, written as CIFAR-10 pickles
 under --root (the first --train_images training images, all 10,000 test images), rows
-AdderNet and PKKD with the stage-level kernel features (`python -m train.cifar`).
+CNN, AdderNet, KD from a progressive CNN (logits only) and PKKD with the stage-level kernel
+features (`python -m train.cifar`, workdirs r20_*).
 
 A run whose results.json exists is not run again (an interrupted sweep resumes), and a
 workdir made by another command is refused (`paper_tables.check_reusable`). Prints a markdown
@@ -58,7 +59,13 @@ ROWS = (
 
 
 RESNET20_ROWS = (
+    ("CNN", "r20_cnn", ["--config.layer=conv"]),
     ("AdderNet", "r20_adder", []),
+    (
+        "KD, progressive",
+        "r20_kd_progressive",
+        ["--config.distill=pkkd", "--config.distill_features=none"],
+    ),
     ("PKKD (kernel features)", "r20_pkkd", ["--config.distill=pkkd"]),
 )
 
