@@ -94,7 +94,7 @@ def test_float32_matches_reference(x_shape, w_shape, strides, pads, isa):
         check(x_shape, w_shape, strides, pads, jnp.float32, isa)
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_random_shapes_match_reference(data):
     kh, kw = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 4))

@@ -1,5 +1,5 @@
 """The Pallas path of the op lowered for CUDA, for every adder layer of ResNet-20, VGG-small and
-ResNet-50, at batch 256 and 32.
+ResNet-50, at batch 256 (and ResNet-50's at 32).
 
 Lowering runs the whole Triton lowering of each kernel on the CPU. It catches what interpret
 mode cannot: a non-power-of-two block, a primitive without a Triton lowering, an index that
@@ -25,11 +25,14 @@ sys.path.append(str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
 import sass_model as sass  # noqa: E402  (benchmarks/sass_model.py)
 from adder_layers import LAYERS  # noqa: E402  (benchmarks/adder_layers.py)
 
+# Every layer at batch 256 (the CIFAR recipe's batch; the cubin test compiles these), and
+# ResNet-50's also at 32, the ImageNet batch per GPU, where its 7x7 layers leave the smallest
+# grids and the filter gradient's split over pixels changes.
 PARAMS = [
     pytest.param(net, layer, batch, id=f"{net}-{layer}-b{batch}")
     for net, layers in LAYERS.items()
     for layer in layers
-    for batch in (256, 32)
+    for batch in ((256, 32) if net == "resnet50" else (256,))
 ]
 TRITON_CALL = re.compile(r'custom_call @__gpu\$xla\.gpu\.triton\(.*?name = "([a-z_0-9]+)"')
 
@@ -88,7 +91,8 @@ def test_forward_and_vjp_lower_to_triton_for_cuda(net, layer, batch):
     x, w, g, geom = _layer(net, layer, batch)
     op = _op(geom)
     p = jax.ShapeDtypeStruct((), jnp.float32)
-    assert _cuda_kernels(op, x, w, p) == ["adder_forward"]
+    if batch == 32:  # the forward alone: one kernel (the pullback below holds it too)
+        assert _cuda_kernels(op, x, w, p) == ["adder_forward"]
     expected = sorted(["adder_forward", "adder_filter_grad", *_input_grad_calls(geom)])
     assert _kernel_names(_lowered_vjp(net, layer, batch, jnp.float32, 1.0, "hardtanh")) == expected
 
