@@ -155,12 +155,12 @@ def test_programs_under_tfds_mock(tmp_path, module, extra):
 @pytest.mark.parametrize(
     ("module", "data_format", "extra"),
     [
-        ("train.mnist", "idx", ["--config.layer=shift"]),
+        # (DeepShift-PS alone: tests/test_models.py trains it; the tfds row runs DeepShift-Q.)
         ("train.mnist", "idx", ["--config.layer=shiftadd", "--config.shift_frozen=True"]),
         ("train.cifar", "cifar_pickle", ["--config.layer=shiftadd"]),
         ("train.imagenet", "tfds", ["--config.layer=shift", "--config.shift_kind=q"]),
     ],
-    ids=["idx-shift", "idx-shiftadd-frozen", "pickle-shiftadd", "tfds-shift-q"],
+    ids=["idx-shiftadd-frozen", "pickle-shiftadd", "tfds-shift-q"],
 )
 def test_shift_layer_kinds_through_the_programs(tmp_path, module, data_format, extra):
     """DeepShift and ShiftAddNet networks train and evaluate through the programs, on each
